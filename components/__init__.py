@@ -1,0 +1,1 @@
+"""TFX components and the Beam preprocessing they wrap."""

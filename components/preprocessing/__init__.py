@@ -1,0 +1,1 @@
+"""Beam preprocessing of interaction logs into window examples (see ``t2diff_tf.features``)."""

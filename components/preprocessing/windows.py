@@ -1,0 +1,145 @@
+"""From one user's time-ordered behaviours to window examples (pure Python, no Beam).
+
+The Beam pipeline calls these per user; the in-memory path and the tests call them directly, so
+the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+from components.preprocessing.config import (LAST_K, LEAVE_ONE_OUT, TEST, TRAIN, VALIDATION,
+                                             ProtocolConfig, WindowConfig)
+from t2diff_tf import features as F
+
+Window = Dict[str, object]
+
+
+def session_ids(timestamps: Optional[Sequence[int]], config: WindowConfig,
+                length: int) -> List[int]:
+    """Time-gap session number of every behaviour (0, 1, ... increasing with time).
+
+    Only used by the ``time_gap`` mode; needs timestamps.
+    """
+    if timestamps is None:
+        raise ValueError("session_mode='time_gap' needs timestamps; this log has none "
+                         "(use session_mode='last_k')")
+    ids, current = [], 0
+    for j in range(length):
+        if j and timestamps[j] - timestamps[j - 1] > config.session_gap_seconds:
+            current += 1
+        ids.append(current)
+    return ids
+
+
+def make_window(user: str, items: Sequence[int], timestamps: Optional[Sequence[int]],
+                target_pos: int, config: WindowConfig,
+                sessions: Optional[Sequence[int]] = None) -> Window:
+    """The example whose target is ``items[target_pos]`` (``target_pos >= 1``).
+
+    Args:
+      user: raw user id.
+      items: the user's item ids (1..N) in time order.
+      timestamps: seconds per item, or ``None`` when the log has no time (lags are then counted
+        in steps).
+      target_pos: index of the target in ``items``.
+      config: window shapes and session rule.
+      sessions: precomputed :func:`session_ids` (time-gap mode); computed when omitted.
+    """
+    if not 1 <= target_pos < len(items):
+        raise ValueError(f"target_pos must be in [1, {len(items)}), got {target_pos}")
+    L = config.example.history_length
+    start = max(0, target_pos - L)
+    positions = range(start, target_pos)
+    pad = L - len(positions)
+
+    if config.session_mode == LAST_K:
+        k = config.session_k
+        sess = [(target_pos - 1 - j) // k for j in positions]
+    else:
+        if sessions is None:
+            sessions = session_ids(timestamps, config, len(items))
+        current = sessions[target_pos - 1]
+        sess = [current - sessions[j] for j in positions]
+    session_length = sum(1 for s in sess if s == 0)
+
+    if timestamps is not None:
+        t_target = timestamps[target_pos]
+        lags = [config.example.time_lag_bucket(t_target - timestamps[j]) for j in positions]
+        target_ts = int(t_target)
+    else:
+        lags = [config.example.time_lag_bucket(target_pos - j) for j in positions]
+        target_ts = 0
+
+    return {
+        F.USER_ID: user,
+        F.HISTORY: [F.PADDING_ID] * pad + [int(items[j]) for j in positions],
+        F.HISTORY_TIME_LAG: [0] * pad + lags,
+        F.HISTORY_SESSION: [F.PADDING_SESSION] * pad + sess,
+        F.SESSION_LENGTH: session_length,
+        F.TARGET: int(items[target_pos]),
+        F.TARGET_TIMESTAMP: target_ts,
+    }
+
+
+def user_fraction(user: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by ``(seed, user)``: stable across runs and runners."""
+    digest = hashlib.sha256(f"{seed}:{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def holdout_split(user: str, protocol: ProtocolConfig) -> str:
+    """The split a user belongs to under the user hold-out protocol."""
+    u = user_fraction(user, protocol.seed)
+    if u < protocol.test_fraction:
+        return TEST
+    if u < protocol.test_fraction + (1.0 - protocol.test_fraction) * protocol.validation_fraction:
+        return VALIDATION
+    return TRAIN
+
+
+def target_positions(user: str, n: int, protocol: ProtocolConfig) -> List[Tuple[str, int]]:
+    """``(split, target position)`` pairs of a user with ``n`` behaviours (``n >= 2``)."""
+    cap = protocol.max_train_windows_per_user
+    if protocol.name == LEAVE_ONE_OUT:
+        if n < 3:
+            return []
+        train = list(range(1, n - 2))
+        if cap is not None:
+            train = train[-cap:]
+        return [(TRAIN, p) for p in train] + [(VALIDATION, n - 2), (TEST, n - 1)]
+    split = holdout_split(user, protocol)
+    if split != TRAIN:
+        return [(split, n - 1)]
+    train = list(range(protocol.min_target_position, n)) or [n - 1]
+    if cap is not None:
+        train = train[-cap:]
+    return [(TRAIN, p) for p in train]
+
+
+def user_windows(user: str, items: Sequence[int], timestamps: Optional[Sequence[int]],
+                 window: WindowConfig, protocol: ProtocolConfig
+                 ) -> Iterator[Tuple[str, Window]]:
+    """Every ``(split, window)`` of one user under ``protocol``."""
+    sessions = None
+    if window.session_mode != LAST_K:
+        sessions = session_ids(timestamps, window, len(items))
+    for split, pos in target_positions(user, len(items), protocol):
+        yield split, make_window(user, items, timestamps, pos, window, sessions)
+
+
+def to_example(window: Window) -> tf.train.Example:
+    """A window as a ``tf.train.Example``."""
+
+    def ints(values):
+        values = values if isinstance(values, list) else [values]
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+    feature = {name: ints(window[name])
+               for name in F.SEQUENCE_FEATURES + F.SCALAR_FEATURES}
+    feature[F.USER_ID] = tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[str(window[F.USER_ID]).encode()]))
+    return tf.train.Example(features=tf.train.Features(feature=feature))
