@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence
 
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
@@ -41,6 +41,39 @@ def window_schema(spec: ExampleSpec, num_items: Optional[int] = None) -> schema_
     return schema
 
 
+def feature_spec_from_schema(schema: schema_pb2.Schema) -> dict:
+    """``tf.io.parse_example`` spec of a schema of fixed-shape features."""
+    import tensorflow as tf
+
+    dtypes = {schema_pb2.INT: tf.int64, schema_pb2.FLOAT: tf.float32, schema_pb2.BYTES: tf.string}
+    return {f.name: tf.io.FixedLenFeature([d.size for d in f.shape.dim], dtypes[f.type])
+            for f in schema.feature}
+
+
+def validate_examples(files: Sequence[str], schema: schema_pb2.Schema,
+                      batch_size: int = 4096) -> List[str]:
+    """Checks TFRecord files of tf.Examples against ``schema``: every feature present with its
+    type and shape, and int values inside their domain. Returns the problems (empty: valid)."""
+    import tensorflow as tf
+
+    spec = feature_spec_from_schema(schema)
+    domains = {f.name: f.int_domain for f in schema.feature if f.HasField("int_domain")}
+    problems: List[str] = []
+    dataset = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(batch_size)
+    for batch_index, serialized in enumerate(dataset):
+        try:
+            parsed = tf.io.parse_example(serialized, spec)
+        except tf.errors.InvalidArgumentError as e:
+            return problems + [f"batch {batch_index}: {e.message.splitlines()[0]}"]
+        for name, domain in domains.items():
+            values = parsed[name]
+            if domain.HasField("min") and tf.reduce_any(values < domain.min):
+                problems.append(f"{name}: value {int(tf.reduce_min(values))} below {domain.min}")
+            if domain.HasField("max") and tf.reduce_any(values > domain.max):
+                problems.append(f"{name}: value {int(tf.reduce_max(values))} above {domain.max}")
+    return problems
+
+
 def schema_text(schema: schema_pb2.Schema) -> str:
     return text_format.MessageToString(schema)
 
@@ -50,3 +83,13 @@ def read_schema(path: str) -> schema_pb2.Schema:
 
     with tf.io.gfile.GFile(path) as f:
         return text_format.Parse(f.read(), schema_pb2.Schema())
+
+
+if __name__ == "__main__":  # Regenerates schemas/window_example.pbtxt.
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "schemas", "window_example.pbtxt")
+    with open(path, "w") as f:
+        f.write("# Schema of the window examples (t2diff_tf/features.py) with the default "
+                "ExampleSpec\n# (history_length=50, 32 time-lag buckets). Regenerate: python -m "
+                "components.preprocessing.schema\n" + schema_text(window_schema(ExampleSpec())))

@@ -76,7 +76,7 @@ def user_interactions(user_index: int, config: SyntheticConfig) -> List[RawInter
     """The time-ordered log of one user; depends only on ``(config, user_index)``."""
     rng = np.random.default_rng([config.seed, user_index])
     members = _cluster_members(config)
-    probs = [_zipf_probs(len(m), config.zipf_exponent) for m in members]
+    cdfs = [np.cumsum(_zipf_probs(len(m), config.zipf_exponent)) for m in members]
     velocity = int(rng.choice(config.velocities))
     user = str(user_index + 1)
     timestamp = START_TIMESTAMP + int(rng.integers(0, 7 * 86400))
@@ -90,7 +90,9 @@ def user_interactions(user_index: int, config: SyntheticConfig) -> List[RawInter
             if rng.random() < config.noise:
                 item = int(rng.integers(config.num_items))
             else:
-                item = int(rng.choice(members[cluster], p=probs[cluster]))
+                rank = min(int(np.searchsorted(cdfs[cluster], rng.random())),
+                           len(members[cluster]) - 1)
+                item = int(members[cluster][rank])
             out.append((user, str(item + 1), timestamp))
             timestamp += int(rng.integers(30, 300))
         timestamp += int(rng.integers(2 * 3600, 3 * 86400))

@@ -1,0 +1,182 @@
+"""The ``t2diff`` command line.
+
+    t2diff preprocess --source synthetic --output outputs/synthetic
+    t2diff preprocess --source sequences --input ../shared/data/ml-1m/sequences.txt.gz \\
+        --movies ../shared/data/ml-1m/movies.dat --max-train-windows-per-user 10 \\
+        --output outputs/ml1m
+
+Run ``t2diff <command> --help`` for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from components.preprocessing.config import (LAST_K, LEAVE_ONE_OUT, PROTOCOLS, SESSION_MODES,  # noqa: E402
+                                             USER_HOLDOUT, ProtocolConfig, WindowConfig)
+from components.preprocessing.records import InputError  # noqa: E402
+from components.preprocessing.sources import SOURCE_KINDS, SourceConfig  # noqa: E402
+from components.preprocessing.transforms import (PreprocessConfig, PreprocessingError,  # noqa: E402
+                                                  run_preprocessing)
+from t2diff_tf.features import ExampleSpec  # noqa: E402
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data source")
+    g.add_argument("--source", choices=SOURCE_KINDS, default="synthetic",
+                   help="log format: 'synthetic' (embedded default: users drifting through item "
+                        "clusters), 'ml1m_ratings' (UserID::MovieID::Rating::Timestamp), "
+                        "'sequences' ('user item item ...' per line, in time order), 'kuairand' "
+                        "(KuaiRand log CSV; clicks in tab 1 kept), 'csv' (header with user, item, "
+                        "timestamp[, label]), 'tfds' (movielens/1m-ratings prepared beforehand)")
+    g.add_argument("--input", nargs="+", default=[], metavar="PATH",
+                   help="input files or globs (gzip detected from content)")
+    g.add_argument("--movies", default=None, metavar="PATH",
+                   help="MovieLens movies.dat: genres become item side features")
+    g.add_argument("--min-rating", type=float, default=None,
+                   help="keep ratings >= this (default: keep all, as the paper does)")
+    g.add_argument("--csv-user-column", default="user", help="CSV: user id column")
+    g.add_argument("--csv-item-column", default="item", help="CSV: item id column")
+    g.add_argument("--csv-timestamp-column", default="timestamp",
+                   help="CSV: numeric time column; '' when rows are already in time order")
+    g.add_argument("--csv-timestamp-divisor", type=float, default=1.0,
+                   help="CSV: divide the time column by this to get seconds (1000 for ms)")
+    g.add_argument("--csv-label-column", default=None,
+                   help="CSV: label column; rows with label < 1 are filtered (counted)")
+    g.add_argument("--csv-delimiter", default=",", help="CSV: field separator")
+    g.add_argument("--kuairand-main-tab", type=int, default=1,
+                   help="KuaiRand: keep rows of this tab (the paper keeps tab 1); -1 keeps all")
+    g.add_argument("--tfds-name", default="movielens/1m-ratings", help="TFDS data set name")
+    g.add_argument("--tfds-data-dir", default=None, help="TFDS data_dir holding the prepared set")
+    g.add_argument("--synthetic-users", type=int, default=1500,
+                   help="synthetic: number of users")
+    g.add_argument("--synthetic-items", type=int, default=1000,
+                   help="synthetic: number of items")
+    g.add_argument("--synthetic-seed", type=int, default=0, help="synthetic: seed")
+
+
+def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("windows and protocol")
+    g.add_argument("--protocol", choices=PROTOCOLS, default=LEAVE_ONE_OUT,
+                   help="'leave_one_out': per user, last item = test, second to last = "
+                        "validation, earlier = train; 'user_holdout': the paper's seeded 80/20 "
+                        "user split with a validation slice of the training users")
+    g.add_argument("--history-length", type=int, default=50,
+                   help="behaviours kept before each target (left-padded with item id 0)")
+    g.add_argument("--time-lag-buckets", type=int, default=32,
+                   help="log2 buckets of the gap between a behaviour and the target")
+    g.add_argument("--session-mode", choices=SESSION_MODES, default=LAST_K,
+                   help="'last_k': the session is the last k behaviours (paper); 'time_gap': a "
+                        "new session after a gap longer than --session-gap-seconds")
+    g.add_argument("--session-k", type=int, default=10, help="k of the last-k session rule")
+    g.add_argument("--session-gap-seconds", type=int, default=1800,
+                   help="gap that starts a new time-gap session")
+    g.add_argument("--min-user-interactions", type=int, default=5,
+                   help="drop users with fewer interactions (counted in the stats)")
+    g.add_argument("--max-train-windows-per-user", type=int, default=None,
+                   help="keep only each user's latest N training windows (default: all for "
+                        "leave-one-out, 10 for user_holdout)")
+    g.add_argument("--min-target-position", type=int, default=50,
+                   help="user_holdout: training targets start at this position")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="user_holdout: test users")
+    g.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="user_holdout: share of the training users held out for validation")
+    g.add_argument("--seed", type=int, default=0, help="seed of the user split")
+    g.add_argument("--max-rejected-fraction", type=float, default=0.1,
+                   help="fail when more of the interactions read are rejected as malformed")
+    g.add_argument("--num-shards", type=int, default=1,
+                   help="TFRecord shards per split (0: the runner decides)")
+    g.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                   help="a Beam pipeline option, repeatable, e.g. --beam-arg=--runner=DataflowRunner "
+                        "--beam-arg=--project=P (Flink/Spark/Dask runner options pass through)")
+
+
+def source_from_args(args: argparse.Namespace) -> SourceConfig:
+    return SourceConfig(
+        kind=args.source, paths=tuple(args.input), movies_path=args.movies,
+        min_rating=args.min_rating, csv_user_column=args.csv_user_column,
+        csv_item_column=args.csv_item_column, csv_timestamp_column=args.csv_timestamp_column,
+        csv_label_column=args.csv_label_column, csv_delimiter=args.csv_delimiter,
+        csv_timestamp_divisor=args.csv_timestamp_divisor,
+        kuairand_main_tab=None if args.kuairand_main_tab < 0 else args.kuairand_main_tab,
+        tfds_name=args.tfds_name, tfds_data_dir=args.tfds_data_dir,
+        synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
+        synthetic_seed=args.synthetic_seed)
+
+
+def preprocess_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    cap = args.max_train_windows_per_user
+    if cap is None and args.protocol == USER_HOLDOUT:
+        cap = 10
+    return PreprocessConfig(
+        window=WindowConfig(ExampleSpec(args.history_length, args.time_lag_buckets),
+                            args.session_mode, args.session_k, args.session_gap_seconds),
+        protocol=ProtocolConfig(args.protocol, cap, args.test_fraction, args.validation_fraction,
+                                args.min_target_position, args.seed),
+        min_user_interactions=args.min_user_interactions,
+        max_rejected_fraction=args.max_rejected_fraction, num_shards=args.num_shards)
+
+
+def format_stats(stats: dict, output_dir: str) -> str:
+    lines = [f"Preprocessed {stats['source']} into {output_dir} in {stats['elapsed_seconds']} s",
+             f"  interactions read  {stats['interactions_read']:>10,}",
+             f"  kept               {stats['kept']:>10,}"]
+    for reason, n in sorted(stats["filtered"].items()):
+        lines.append(f"  filtered ({reason}) {n:>10,}")
+    lines.append(f"  rejected (dead letters) {stats['rejected']:>5,}  -> "
+                 f"{os.path.join(output_dir, 'dead_letter', 'dead_letter.jsonl')}")
+    lines.append(f"  users kept {stats['users_kept']:,} of {stats['users_read']:,}; "
+                 f"items {stats['items']:,}")
+    ex = stats["examples"]
+    lines.append(f"  examples: train {ex['train']:,}, validation {ex['validation']:,}, "
+                 f"test {ex['test']:,}")
+    return "\n".join(lines)
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    source = source_from_args(args)
+    stats = run_preprocessing(source.build(), args.output, preprocess_config_from_args(args),
+                              args.beam_arg)
+    print(format_stats(stats, args.output))
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t2diff", description="T2Diff retrieval on TensorFlow/TFX: preprocess interaction "
+        "logs, train, evaluate and export.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    pre = sub.add_parser(
+        "preprocess", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="Beam preprocessing: log -> tf.Example windows per split, vocabulary, stats",
+        description="Reads a log, validates it (malformed rows go to a dead-letter file), drops "
+        "short users, orders by time, cuts sessions and windows, splits by protocol and writes "
+        "TFRecords, the item vocabulary, item features, the schema and stats.json.")
+    add_source_arguments(pre)
+    add_preprocess_arguments(pre)
+    pre.add_argument("--output", required=True, help="output directory")
+    pre.add_argument("--json", action="store_true", help="also print the full stats JSON")
+    pre.set_defaults(func=_preprocess)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (InputError, PreprocessingError, ValueError) as e:
+        print(f"t2diff {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Windows, sessions, time lags and protocol splits (pure Python, no Beam)."""
+
+import numpy as np
+import pytest
+
+from components.preprocessing.config import (LEAVE_ONE_OUT, TEST, TIME_GAP, TRAIN, USER_HOLDOUT,
+                                             VALIDATION, ProtocolConfig, WindowConfig)
+from components.preprocessing.windows import (holdout_split, make_window, target_positions,
+                                              to_example, user_windows)
+from t2diff_tf import features as F
+from t2diff_tf.features import ExampleSpec, time_lag_bucket
+
+WIN = WindowConfig(ExampleSpec(history_length=6), session_k=2)
+
+
+def test_window_left_pads_and_keeps_latest_behaviours():
+    items = [11, 12, 13, 14, 15, 16, 17, 18, 19]
+    w = make_window("u", items, None, target_pos=3, config=WIN)
+    assert w[F.HISTORY] == [0, 0, 0, 11, 12, 13]
+    assert w[F.TARGET] == 14
+    assert w[F.HISTORY_SESSION] == [-1, -1, -1, 1, 0, 0]
+    assert w[F.SESSION_LENGTH] == 2
+    # Without timestamps the lag counts steps: 3, 2, 1 -> log2 buckets 1 + floor(log2(1 + g)).
+    assert w[F.HISTORY_TIME_LAG] == [0, 0, 0, 3, 2, 2]
+    assert w[F.TARGET_TIMESTAMP] == 0
+
+    w = make_window("u", items, None, target_pos=8, config=WIN)
+    assert w[F.HISTORY] == [13, 14, 15, 16, 17, 18]  # truncated to the latest L
+    assert w[F.HISTORY_SESSION] == [2, 2, 1, 1, 0, 0]
+
+
+def test_time_gap_sessions_and_lags_in_seconds():
+    cfg = WindowConfig(ExampleSpec(history_length=5), session_mode=TIME_GAP,
+                       session_gap_seconds=1800)
+    ts = [0, 60, 10_000, 10_100, 10_200, 50_000]
+    w = make_window("u", [1, 2, 3, 4, 5, 6], ts, target_pos=5, config=cfg)
+    assert w[F.HISTORY] == [1, 2, 3, 4, 5]
+    assert w[F.HISTORY_SESSION] == [1, 1, 0, 0, 0]
+    assert w[F.SESSION_LENGTH] == 3
+    assert w[F.HISTORY_TIME_LAG] == [time_lag_bucket(50_000 - t, 32) for t in ts[:5]]
+    assert w[F.TARGET_TIMESTAMP] == 50_000
+
+
+def test_time_gap_without_timestamps_is_a_clear_error():
+    cfg = WindowConfig(session_mode=TIME_GAP)
+    with pytest.raises(ValueError, match="needs timestamps"):
+        list(user_windows("u", [1, 2, 3, 4], None, cfg, ProtocolConfig()))
+
+
+def test_time_lag_bucket_closed_form():
+    assert time_lag_bucket(0, 32) == 1
+    assert time_lag_bucket(1, 32) == 2
+    assert time_lag_bucket(3, 32) == 3
+    assert time_lag_bucket(2 ** 40, 32) == 31
+    with pytest.raises(ValueError):
+        time_lag_bucket(-1, 32)
+
+
+def test_leave_one_out_positions_and_cap():
+    assert target_positions("u", 6, ProtocolConfig()) == [
+        (TRAIN, 1), (TRAIN, 2), (TRAIN, 3), (VALIDATION, 4), (TEST, 5)]
+    capped = ProtocolConfig(max_train_windows_per_user=2)
+    assert target_positions("u", 6, capped) == [
+        (TRAIN, 2), (TRAIN, 3), (VALIDATION, 4), (TEST, 5)]
+    assert target_positions("u", 2, ProtocolConfig()) == []
+
+
+def test_leave_one_out_never_trains_on_validation_or_test_targets():
+    items = list(range(1, 40))
+    windows = list(user_windows("u", items, None, WIN, ProtocolConfig()))
+    train_targets = {w[F.TARGET] for s, w in windows if s == TRAIN}
+    assert items[-1] not in train_targets and items[-2] not in train_targets
+    test = [w for s, w in windows if s == TEST]
+    assert len(test) == 1 and test[0][F.HISTORY][-1] == items[-2]
+
+
+def test_user_holdout_split_is_seeded_and_proportional():
+    protocol = ProtocolConfig(name=USER_HOLDOUT, seed=3)
+    splits = [holdout_split(str(u), protocol) for u in range(20_000)]
+    share = {s: splits.count(s) / len(splits) for s in (TRAIN, VALIDATION, TEST)}
+    assert share[TEST] == pytest.approx(0.2, abs=0.01)
+    assert share[VALIDATION] == pytest.approx(0.08, abs=0.01)
+    assert splits == [holdout_split(str(u), protocol) for u in range(20_000)]
+    other = [holdout_split(str(u), ProtocolConfig(name=USER_HOLDOUT, seed=4)) for u in range(2000)]
+    assert other != splits[:2000]
+
+
+def test_user_holdout_training_windows_follow_the_paper():
+    protocol = ProtocolConfig.paper()
+    train_user = next(str(u) for u in range(100) if holdout_split(str(u), protocol) == TRAIN)
+    test_user = next(str(u) for u in range(100) if holdout_split(str(u), protocol) == TEST)
+    assert target_positions(train_user, 80, protocol) == [(TRAIN, p) for p in range(70, 80)]
+    assert target_positions(train_user, 30, protocol) == [(TRAIN, 29)]
+    assert target_positions(test_user, 80, protocol) == [(TEST, 79)]
+
+
+def test_example_round_trip_through_the_feature_spec():
+    spec = ExampleSpec(history_length=6)
+    w = make_window("user-7", [5, 6, 7, 8], None, 3, WindowConfig(spec))
+    parsed = spec.parse(np.array([to_example(w).SerializeToString()]))
+    assert parsed[F.USER_ID].numpy()[0] == b"user-7"
+    np.testing.assert_array_equal(parsed[F.HISTORY].numpy()[0], w[F.HISTORY])
+    np.testing.assert_array_equal(parsed[F.HISTORY_SESSION].numpy()[0], w[F.HISTORY_SESSION])
+    assert parsed[F.TARGET].numpy()[0] == 8
