@@ -1,0 +1,12 @@
+"""Keras layers of T2Diff."""
+
+from t2diff_tf.layers.attention import SessionEncoder, TargetAttention
+from t2diff_tf.layers.diffusion import DiffusionConfig, DriftDiffusion
+from t2diff_tf.layers.items import ItemRepresentation
+from t2diff_tf.layers.schedules import NoiseSchedule, ScheduleConfig
+from t2diff_tf.layers.unet import UNet1D, UNetConfig
+
+__all__ = [
+    "DiffusionConfig", "DriftDiffusion", "ItemRepresentation", "NoiseSchedule", "ScheduleConfig",
+    "SessionEncoder", "TargetAttention", "UNet1D", "UNetConfig",
+]

@@ -1,0 +1,189 @@
+"""Full-corpus evaluation: Recall@K, MRR@K and NDCG@K with bootstrap confidence intervals.
+
+Every query is scored against every item ``1..N`` (padding 0 is never a candidate). With one
+target per example:
+
+* **rank** -- ``1 + #{items scored higher than the target} + #{other items scored equal}``:
+  ties are counted *pessimistically* (a tied item is ranked before the target), so a constant
+  model ranks every target last rather than first.
+* **Recall@K** -- ``1[rank <= K]`` (= hit rate with one target).
+* **MRR@K** -- ``1 / rank`` if ``rank <= K`` else 0.
+* **NDCG@K** -- ``1 / log2(1 + rank)`` if ``rank <= K`` else 0.
+
+Optionally the items already in the example's ``history`` are excluded from the ranking (the
+target itself never is). Reported values are means over examples; the 95% intervals are a
+percentile bootstrap over *users* (each user's examples are resampled together), seeded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+
+from t2diff_tf import features as F
+
+DEFAULT_KS = (2, 10, 20, 100)
+TIE_RULE = "pessimistic"
+
+
+def target_ranks(scores: tf.Tensor, targets: tf.Tensor,
+                 exclude: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """1-based ranks of the targets among all items.
+
+    Args:
+      scores: ``[batch, N]``; column ``j`` scores item ``j + 1``.
+      targets: ``[batch]`` item ids in ``1..N``.
+      exclude: optional ``[batch, M]`` item ids to drop from the ranking (0 and the target are
+        ignored), e.g. the history.
+
+    Returns:
+      ``[batch]`` int32 ranks (pessimistic ties).
+    """
+    scores = tf.convert_to_tensor(scores)
+    columns = tf.cast(targets, tf.int32) - 1
+    batch = tf.shape(scores)[0]
+    rows = tf.range(batch)
+    if exclude is not None:
+        exclude = tf.cast(exclude, tf.int32)
+        drop = tf.logical_and(tf.not_equal(exclude, F.PADDING_ID),
+                              tf.not_equal(exclude, columns[:, None] + 1))
+        index = tf.stack([tf.broadcast_to(rows[:, None], tf.shape(exclude)), exclude - 1], -1)
+        index = tf.boolean_mask(index, drop)
+        scores = tf.tensor_scatter_nd_update(
+            scores, index, tf.fill(tf.shape(index)[:1], tf.constant(-np.inf, scores.dtype)))
+    target_scores = tf.gather(scores, columns, batch_dims=1)[:, None]
+    higher = tf.reduce_sum(tf.cast(scores > target_scores, tf.int32), axis=1)
+    tied = tf.reduce_sum(tf.cast(tf.equal(scores, target_scores), tf.int32), axis=1) - 1
+    return 1 + higher + tied
+
+
+def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> Dict[str, np.ndarray]:
+    """Per-example ``recall@K``, ``mrr@K`` and ``ndcg@K`` from 1-based ranks ``[n]``."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out = {}
+    for k in ks:
+        hit = ranks <= k
+        out[f"recall@{k}"] = hit.astype(np.float64)
+        out[f"mrr@{k}"] = np.where(hit, 1.0 / ranks, 0.0)
+        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(1.0 + ranks), 0.0)
+    return out
+
+
+def bootstrap_interval(values: np.ndarray, groups: Optional[np.ndarray] = None,
+                       num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                       chunk: int = 100) -> Tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` ``[n]``.
+
+    With ``groups`` (e.g. user ids, ``[n]``) whole groups are resampled: the statistic of a
+    resample is ``sum(values of drawn groups) / count(examples of drawn groups)``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    if groups is None:
+        sums, counts = values, np.ones_like(values)
+    else:
+        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        sums = np.bincount(inverse, weights=values)
+        counts = np.bincount(inverse).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    n = sums.size
+    stats = []
+    for start in range(0, num_resamples, chunk):
+        draws = rng.integers(0, n, size=(min(chunk, num_resamples - start), n))
+        stats.append(sums[draws].sum(axis=1) / counts[draws].sum(axis=1))
+    stats = np.concatenate(stats)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    """Full-corpus metrics of one model on one split.
+
+    Attributes:
+      metrics: ``{"recall@20": mean, ...}``.
+      intervals: ``{"recall@20": (low, high), ...}`` bootstrap intervals over users.
+      num_examples: examples ranked.
+      num_users: distinct users (examples without ``user_id`` count as one user each).
+      num_items: corpus size ``N``.
+      exclude_history: whether history items were removed from the ranking.
+      tie_rule: how ties were ranked.
+      confidence: interval level.
+    """
+
+    metrics: Dict[str, float]
+    intervals: Dict[str, Tuple[float, float]]
+    num_examples: int
+    num_users: int
+    num_items: int
+    exclude_history: bool
+    tie_rule: str = TIE_RULE
+    confidence: float = 0.95
+
+    def __getitem__(self, name: str) -> float:
+        return self.metrics[name]
+
+    def as_dict(self) -> Dict[str, object]:
+        out = dataclasses.asdict(self)
+        out["intervals"] = {k: list(v) for k, v in self.intervals.items()}
+        return out
+
+
+def _batches(dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]], batch_size: int
+             ) -> Iterable[Mapping[str, tf.Tensor]]:
+    if isinstance(dataset, Mapping):
+        dataset = tf.data.Dataset.from_tensor_slices(dict(dataset)).batch(batch_size)
+    return dataset
+
+
+def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
+             ks: Sequence[int] = DEFAULT_KS, exclude_history: bool = False,
+             num_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
+             batch_size: int = 256) -> EvaluationResult:
+    """Ranks every example's target among all items ``1..N`` with the model's inference towers.
+
+    Args:
+      model: a :class:`~t2diff_tf.models.base.RetrievalModel` (``query_embeddings``,
+        ``corpus_embeddings``, ``num_items``).
+      dataset: batched feature dicts (a ``tf.data.Dataset``) or a dict of numpy arrays (batched
+        here by ``batch_size``); needs the query features and ``target``; ``user_id`` groups the
+        bootstrap.
+      ks: cut-offs.
+      exclude_history: remove the example's history items from the ranking.
+      num_bootstrap: bootstrap resamples (0: no intervals).
+      confidence: interval level.
+      seed: bootstrap seed.
+      batch_size: batch size when ``dataset`` is a dict of arrays.
+    """
+    corpus = tf.convert_to_tensor(model.corpus_embeddings())
+
+    @tf.function(reduce_retracing=True)
+    def rank_batch(features):
+        queries = model.query_embeddings(features, training=False)
+        scores = tf.matmul(queries, corpus, transpose_b=True)
+        exclude = features[F.HISTORY] if exclude_history else None
+        return target_ranks(scores, features[F.TARGET], exclude)
+
+    ranks, users = [], []
+    for batch in _batches(dataset, batch_size):
+        query = {name: batch[name] for name in F.QUERY_FEATURES + (F.TARGET,)}
+        ranks.append(rank_batch(query).numpy())
+        if F.USER_ID in batch:
+            users.append(np.asarray(batch[F.USER_ID]))
+    ranks = np.concatenate(ranks) if ranks else np.zeros([0], np.int32)
+    groups = np.concatenate(users) if users and sum(map(len, users)) == len(ranks) else None
+    per_example = ranking_metrics(ranks, ks)
+    metrics = {name: float(values.mean()) if values.size else float("nan")
+               for name, values in per_example.items()}
+    intervals = {}
+    if num_bootstrap > 0:
+        intervals = {name: bootstrap_interval(values, groups, num_bootstrap, confidence, seed)
+                     for name, values in per_example.items()}
+    num_users = len(np.unique(groups)) if groups is not None else len(ranks)
+    return EvaluationResult(metrics, intervals, int(len(ranks)), int(num_users),
+                            int(model.num_items), exclude_history, TIE_RULE, confidence)
