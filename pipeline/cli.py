@@ -1,5 +1,6 @@
 """The ``t2diff`` command line.
 
+    t2diff run                                   # the TFX pipeline on the synthetic demo data
     t2diff preprocess --source synthetic --output outputs/synthetic
     t2diff preprocess --source sequences --input ../shared/data/ml-1m/sequences.txt.gz \\
         --movies ../shared/data/ml-1m/movies.dat --max-train-windows-per-user 10 \\
@@ -25,7 +26,10 @@ from components.preprocessing.records import InputError  # noqa: E402
 from components.preprocessing.sources import SOURCE_KINDS, SourceConfig  # noqa: E402
 from components.preprocessing.transforms import (PreprocessConfig, PreprocessingError,  # noqa: E402
                                                   run_preprocessing)
+from pipeline.configs import DEFAULT_OUTPUT_ROOT, PIPELINE_NAME, EvalConfig, PipelineConfig  # noqa: E402
 from t2diff_tf.features import ExampleSpec  # noqa: E402
+from t2diff_tf.models.registry import available_models  # noqa: E402
+from t2diff_tf.training import STRATEGIES, TrainConfig  # noqa: E402
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +128,59 @@ def preprocess_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         max_rejected_fraction=args.max_rejected_fraction, num_shards=args.num_shards)
 
 
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
+    add_preprocess_arguments(parser)
+    g = parser.add_argument_group("model, training, evaluation, push")
+    g.add_argument("--pipeline-name", default=PIPELINE_NAME, help="TFX pipeline name")
+    g.add_argument("--output-root", default=DEFAULT_OUTPUT_ROOT,
+                   help="pipeline root, ML Metadata and (by default) the push destination")
+    g.add_argument("--model", default="t2diff", choices=available_models(),
+                   help="registry model to train")
+    g.add_argument("--model-config", default="{}",
+                   help="JSON of the model's config fields, e.g. '{\"embedding_dim\": 64}'")
+    g.add_argument("--baseline-model", default=None, choices=available_models(),
+                   help="also train this model; the Evaluator compares against it")
+    g.add_argument("--epochs", type=int, default=10, help="maximum training epochs")
+    g.add_argument("--batch-size", type=int, default=256, help="training batch size")
+    g.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--patience", type=int, default=2,
+                   help="early stopping: epochs without a better validation metric")
+    g.add_argument("--selection-metric", default="recall@20",
+                   help="validation metric that selects the epoch")
+    g.add_argument("--strategy", choices=STRATEGIES, default="default",
+                   help="tf.distribute strategy of the Trainer")
+    g.add_argument("--ks", default="2,10,20,100", help="Evaluator cut-offs")
+    g.add_argument("--blessing-threshold", type=float, default=0.0,
+                   help="bless only when the blessing metric reaches this")
+    g.add_argument("--blessing-metric", default="recall@20", help="metric of the blessing rule")
+    g.add_argument("--exclude-history", action="store_true",
+                   help="rank without the items the user has already seen")
+    g.add_argument("--push-destination", default=None,
+                   help="where blessed models go (default <output-root>/serving)")
+    g.add_argument("--schema", default=None,
+                   help="a schema the examples must follow (the run stops early otherwise)")
+    g.add_argument("--no-cache", action="store_true", help="rerun every component")
+
+
+def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    beam_args = tuple(args.beam_arg) or PipelineConfig.beam_pipeline_args
+    return PipelineConfig(
+        pipeline_name=args.pipeline_name, output_root=os.path.abspath(args.output_root),
+        source=source_from_args(args), preprocess=preprocess_config_from_args(args),
+        model=args.model, model_config=json.loads(args.model_config),
+        baseline_model=args.baseline_model,
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                          learning_rate=args.learning_rate, early_stopping_patience=args.patience,
+                          selection_metric=args.selection_metric, strategy=args.strategy),
+        eval=EvalConfig(ks=tuple(int(k) for k in args.ks.split(",")),
+                        blessing_metric=args.blessing_metric, threshold=args.blessing_threshold,
+                        exclude_history=args.exclude_history),
+        push_destination=args.push_destination,
+        schema_path=os.path.abspath(args.schema) if args.schema else None,
+        beam_pipeline_args=beam_args, enable_cache=not args.no_cache)
+
+
 def format_stats(stats: dict, output_dir: str) -> str:
     lines = [f"Preprocessed {stats['source']} into {output_dir} in {stats['elapsed_seconds']} s",
              f"  interactions read  {stats['interactions_read']:>10,}",
@@ -150,6 +207,15 @@ def _preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from pipeline import local, report
+
+    config = pipeline_config_from_args(args)
+    local.run(config)
+    print(report.summarize_run(config))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t2diff", description="T2Diff retrieval on TensorFlow/TFX: preprocess interaction "
@@ -166,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--output", required=True, help="output directory")
     pre.add_argument("--json", action="store_true", help="also print the full stats JSON")
     pre.set_defaults(func=_preprocess)
+
+    run = sub.add_parser(
+        "run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="the TFX pipeline: preprocess -> statistics/schema/validation -> train -> evaluate "
+             "-> push (LocalDagRunner)",
+        description="Runs the whole TFX pipeline locally and prints the evaluation and where the "
+        "pushed model and index are. Same as python -m pipeline.local.")
+    add_pipeline_arguments(run)
+    run.set_defaults(func=_run)
     return parser
 
 

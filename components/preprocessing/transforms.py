@@ -34,6 +34,7 @@ from components.preprocessing.records import DeadLetter, Event, InputError
 from components.preprocessing.schema import schema_text, window_schema
 from components.preprocessing.vocabulary import ItemFeatures, Vocabulary
 from components.preprocessing.windows import to_example, user_windows
+from t2diff_tf.features import ExampleSpec
 
 STATS_FILE = "stats.json"
 SCHEMA_FILE = "schema.pbtxt"
@@ -66,6 +67,15 @@ class PreprocessConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict) -> "PreprocessConfig":
+        """Inverse of :meth:`to_json`."""
+        values = dict(values)
+        window = dict(values.pop("window", {}))
+        example = ExampleSpec(**window.pop("example", {}))
+        return cls(window=WindowConfig(example=example, **window),
+                   protocol=ProtocolConfig(**values.pop("protocol", {})), **values)
 
 
 def split_dir(output_dir: str, split: str) -> str:
@@ -206,8 +216,17 @@ def _nest(counters: Dict[str, int]) -> dict:
 
 def run_preprocessing(source: beam.PTransform, output_dir: str,
                       config: PreprocessConfig = PreprocessConfig(),
-                      beam_args: Optional[Sequence[str]] = None) -> dict:
+                      beam_args: Optional[Sequence[str]] = None,
+                      pipeline: Optional[beam.Pipeline] = None) -> dict:
     """Runs the preprocessing and returns the stats (also written to ``stats.json``).
+
+    Args:
+      source: a reader from ``readers`` (or ``SourceConfig.build()``).
+      output_dir: where the outputs go (local or any ``tf.io.gfile`` filesystem).
+      config: windows, protocol and filters.
+      beam_args: Beam pipeline options (runner and its flags) for a new pipeline.
+      pipeline: an unstarted pipeline to use instead (e.g. the one a TFX component is given);
+        it is run and waited for here.
 
     Raises:
       InputError: the input cannot be read at all (before any Beam work starts).
@@ -217,8 +236,9 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
     """
     started = time.time()
     tf.io.gfile.makedirs(output_dir)
-    options = PipelineOptions(list(beam_args or []))
-    with beam.Pipeline(options=options) as p:
+    if pipeline is None:
+        pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or [])))
+    with pipeline as p:
         build_pipeline(p, source, output_dir, config)
     with tf.io.gfile.GFile(os.path.join(output_dir, "counters.json")) as f:
         counters: Dict[str, int] = json.load(f)

@@ -1,0 +1,72 @@
+"""``PreprocessLogs``: the Beam preprocessing as a TFX component.
+
+Its ``Examples`` artifact holds what ``run_preprocessing`` writes: ``Split-train``,
+``Split-validation``, ``Split-test`` (gzipped tf.Example TFRecords, as ExampleGen writes them, so
+StatisticsGen, SchemaGen, ExampleValidator and the Trainer read them as usual), plus the item
+vocabulary, item features, schema, dead letters and stats at the artifact's root.
+"""
+
+
+import json
+import os
+
+import apache_beam as beam
+import tensorflow as tf
+from tfx import v1 as tfx
+from tfx.types import artifact_utils
+
+from components.preprocessing.config import SPLITS
+from components.preprocessing.schema import read_schema, validate_examples
+from components.preprocessing.sources import SourceConfig
+from components.preprocessing.transforms import PreprocessConfig, run_preprocessing, split_dir
+
+Parameter = tfx.dsl.components.Parameter
+OutputArtifact = tfx.dsl.components.OutputArtifact
+BeamComponentParameter = tfx.dsl.components.BeamComponentParameter
+
+
+class SchemaMismatchError(ValueError):
+    """The examples do not match the schema the user asked them to follow."""
+
+
+def check_against_schema(output_dir: str, schema_path: str) -> None:
+    """Raises :class:`SchemaMismatchError` naming the problems when the examples do not follow
+    the schema at ``schema_path``."""
+    schema = read_schema(schema_path)
+    for split in SPLITS:
+        files = tf.io.gfile.glob(os.path.join(split_dir(output_dir, split), "*"))
+        problems = validate_examples(files, schema)
+        if problems:
+            raise SchemaMismatchError(
+                f"Split-{split} does not match schema {schema_path}: " + "; ".join(problems[:5]))
+
+
+@tfx.dsl.components.component(use_beam=True)
+def PreprocessLogs(
+    examples: OutputArtifact[tfx.types.standard_artifacts.Examples],
+    source: Parameter[str],
+    preprocess_config: Parameter[str] = "{}",
+    schema_path: Parameter[str] = "",
+    beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
+) -> None:
+    """Reads a log and writes window examples per split.
+
+    Args:
+      examples: the output; its ``split_names`` are train, validation, test.
+      source: ``SourceConfig`` as JSON (``SourceConfig(...).to_json()``).
+      preprocess_config: ``PreprocessConfig.to_json()`` as a JSON string.
+      schema_path: optional schema the examples must follow (else only the generated one).
+      beam_pipeline: given by TFX from the pipeline's ``beam_pipeline_args``.
+    """
+    config = PreprocessConfig.from_json(json.loads(preprocess_config))
+    stats = run_preprocessing(SourceConfig.from_json(source).build(), examples.uri, config,
+                              pipeline=beam_pipeline)
+    if schema_path:
+        check_against_schema(examples.uri, schema_path)
+    examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
+    examples.set_string_custom_property("file_format", "tfrecords_gzip")
+    examples.set_string_custom_property("payload_format", "FORMAT_TF_EXAMPLE")
+    for key in ("interactions_read", "kept", "rejected", "items", "users_kept"):
+        examples.set_int_custom_property(key, int(stats[key]))
+    examples.set_int_custom_property(
+        "history_length", config.window.example.history_length)

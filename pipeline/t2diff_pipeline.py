@@ -1,0 +1,67 @@
+"""``create_pipeline``: preprocessing -> statistics/schema/validation -> Trainer -> Evaluator ->
+Pusher, as one TFX pipeline any orchestrator runs (LocalDagRunner, Kubeflow V2 / Vertex)."""
+
+import dataclasses
+import json
+import os
+from typing import List, Optional
+
+from tfx import v1 as tfx
+
+from components.evaluator import RetrievalEvaluator
+from components.preprocess import PreprocessLogs
+from components.pusher import RetrievalPusher
+from pipeline.configs import REPO_ROOT, PipelineConfig
+
+TRAINER_MODULE = os.path.join(REPO_ROOT, "components", "trainer_module.py")
+
+
+def create_pipeline(config: PipelineConfig,
+                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    """The t2diff pipeline for ``config``.
+
+    Args:
+      config: data, model, training, evaluation and push settings.
+      metadata_connection_config: ML Metadata connection (LocalDagRunner: SQLite at
+        ``config.metadata_path``; Kubeflow/Vertex supply their own, pass ``None``).
+    """
+    preprocess = PreprocessLogs(
+        source=config.source.to_json(),
+        preprocess_config=json.dumps(config.preprocess.to_json()),
+        schema_path=config.schema_path or "").with_id("PreprocessLogs")
+    examples = preprocess.outputs["examples"]
+    statistics = tfx.components.StatisticsGen(examples=examples)
+    schema = tfx.components.SchemaGen(statistics=statistics.outputs["statistics"],
+                                      infer_feature_shape=True)
+    validator = tfx.components.ExampleValidator(statistics=statistics.outputs["statistics"],
+                                                schema=schema.outputs["schema"])
+
+    def trainer(component_id: str, model: str, model_config: Optional[dict]):
+        return tfx.components.Trainer(
+            module_file=TRAINER_MODULE, examples=examples, schema=schema.outputs["schema"],
+            train_args=tfx.proto.TrainArgs(splits=["train"]),
+            eval_args=tfx.proto.EvalArgs(splits=["validation"]),
+            custom_config=config.trainer_custom_config(model, model_config)).with_id(component_id)
+
+    main_trainer = trainer("Trainer", config.model, config.model_config)
+    components: List = [preprocess, statistics, schema, validator, main_trainer]
+    baseline = None
+    if config.baseline_model:
+        baseline = trainer("BaselineTrainer", config.baseline_model, config.baseline_model_config)
+        components.append(baseline)
+    e = config.eval
+    evaluator = RetrievalEvaluator(
+        model=main_trainer.outputs["model"], examples=examples,
+        baseline_model=baseline.outputs["model"] if baseline else None,
+        split=e.split, ks=",".join(map(str, e.ks)), blessing_metric=e.blessing_metric,
+        threshold=e.threshold, min_improvement=e.min_improvement,
+        exclude_history=e.exclude_history, num_bootstrap=e.num_bootstrap)
+    pusher = RetrievalPusher(model=main_trainer.outputs["model"],
+                             model_blessing=evaluator.outputs["blessing"], examples=examples,
+                             push_destination=config.serving_destination)
+    components += [evaluator, pusher]
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
+        components=components, enable_cache=config.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(config.beam_pipeline_args))
