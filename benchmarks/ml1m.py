@@ -1,0 +1,257 @@
+"""MovieLens-1M benchmark: every chosen model, both protocols, seeds, honest selection.
+
+    python benchmarks/ml1m.py --data-dir ../shared/data/ml-1m --preset table2 \\
+        --protocol leave_one_out --seeds 0 --epochs 20 --output benchmarks/results/ml1m
+
+For each protocol the log is preprocessed once (Beam, cached under ``--work-dir``). For each run
+and seed the model trains on the training windows, the epoch is selected on the validation split
+(``val_recall@20``, early stopping), and the test split is ranked once over the whole corpus
+(every item, seen items included) with bootstrap 95% intervals over users. Recorded per run:
+metrics, intervals, parameters, training time, epochs, inference ms/user (user tower at batch 1
+and 256). Writes ``<output>.json`` and ``<output>.md`` (a Markdown table shaped like the paper's
+Table 2; ``--preset table3`` / ``table4`` give the beta-schedule and diffusion-step ablations).
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from typing import Dict, List, Mapping, Optional
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from components.preprocessing import readers  # noqa: E402
+from components.preprocessing.config import LEAVE_ONE_OUT, USER_HOLDOUT, ProtocolConfig, WindowConfig  # noqa: E402
+from components.preprocessing.transforms import STATS_FILE, PreprocessConfig, run_preprocessing, split_dir  # noqa: E402
+from components.preprocessing.vocabulary import ItemFeatures, Vocabulary  # noqa: E402
+from t2diff_tf import features as F  # noqa: E402
+from t2diff_tf import metrics as M  # noqa: E402
+from t2diff_tf.features import ExampleSpec  # noqa: E402
+from t2diff_tf.models.registry import MODELS, build_model  # noqa: E402
+from t2diff_tf.training import TrainConfig, arrays_dataset, fit, read_examples  # noqa: E402
+
+PRESETS: Dict[str, List[dict]] = {
+    "table2": [
+        {"label": "Two-tower (mean pool)", "model": "mean_pool_two_tower"},
+        {"label": "GRU4Rec", "model": "gru4rec"},
+        {"label": "SASRec", "model": "sasrec"},
+        {"label": "Mixed-attention only", "model": "mixed_attention"},
+        {"label": "T2Diff W/O DP", "model": "t2diff", "config": {"diffusion": {"drift": False}}},
+        {"label": "T2Diff", "model": "t2diff"},
+    ],
+    "table3": [
+        {"label": f"T2Diff, {kind} beta", "model": "t2diff",
+         "config": {"diffusion": {"schedule": {"kind": kind}}}}
+        for kind in ("linear", "logarithmic", "exponential")
+    ],
+    "table4": [
+        {"label": f"T2Diff, T = {t}", "model": "t2diff",
+         "config": {"diffusion": {"schedule": {"num_steps": t}}}} for t in (10, 50, 200)
+    ] + [{"label": "T2Diff, T = 50, fast sampler (S = 10)", "model": "t2diff",
+          "config": {"diffusion": {"sampler": "fast", "sampler_steps": 10}}}],
+    "smoke": [
+        {"label": "Two-tower (mean pool)", "model": "mean_pool_two_tower"},
+        {"label": "T2Diff", "model": "t2diff"},
+    ],
+}
+
+
+def deep_update(base: dict, overrides: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def model_config(name: str, overrides: Mapping) -> object:
+    config_class = MODELS[name].config_class
+    return config_class(**deep_update(dataclasses.asdict(config_class()), overrides))
+
+
+def preprocess(data_dir: str, protocol: str, work_dir: str, history_length: int,
+               max_train_windows: int, seed: int) -> str:
+    out = os.path.join(work_dir, f"{protocol}_L{history_length}_w{max_train_windows}_s{seed}")
+    if os.path.exists(os.path.join(out, STATS_FILE)):
+        return out
+    cap = max_train_windows if max_train_windows > 0 else None
+    protocol_config = (ProtocolConfig(max_train_windows_per_user=cap) if protocol == LEAVE_ONE_OUT
+                       else ProtocolConfig(name=USER_HOLDOUT, max_train_windows_per_user=cap or 10,
+                                           seed=seed))
+    config = PreprocessConfig(window=WindowConfig(ExampleSpec(history_length=history_length)),
+                              protocol=protocol_config)
+    source = readers.SequenceFile(os.path.join(data_dir, "sequences.txt.gz"),
+                                  genres=readers.read_movielens_genres(
+                                      os.path.join(data_dir, "movies.dat")))
+    run_preprocessing(source, out, config)
+    return out
+
+
+def load_split(root: str, split: str, spec: ExampleSpec) -> Dict[str, np.ndarray]:
+    parts: Dict[str, List[np.ndarray]] = {}
+    for batch in read_examples(os.path.join(split_dir(root, split), "*"), spec, 8192):
+        for name, value in batch.items():
+            parts.setdefault(name, []).append(value.numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def latency_ms_per_user(model, arrays: Mapping[str, np.ndarray], batch: int,
+                        repeats: int = 5) -> float:
+    features = {n: tf.constant(arrays[n][:batch]) for n in F.QUERY_FEATURES}
+    query = tf.function(lambda f: model.query_embeddings(f, training=False))
+    query(features)  # trace and warm up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        query(features).numpy()
+    return (time.perf_counter() - start) / repeats / batch * 1000.0
+
+
+def reverse_step_cosine(model, arrays: Mapping[str, np.ndarray], n: int = 512,
+                        seed: int = 0) -> Optional[dict]:
+    """Cosine similarity between the predicted and true target drift (the session's last
+    position) at every reverse step, on ``n`` test windows (the paper's Figure 4)."""
+    if getattr(model, "diffusion", None) is None:
+        return None
+    features = {name: tf.constant(arrays[name][:n]) for name in F.QUERY_FEATURES + (F.TARGET,)}
+    out = model.drift_trajectory(features, seed=tf.constant([seed, 0]))
+    z0 = out["z0"][:, -1, :].numpy()
+    z0_hat = out["z0_hat"][:, :, -1, :].numpy()
+    cos = (z0_hat * z0[None]).sum(-1) / (
+        np.linalg.norm(z0_hat, axis=-1) * np.linalg.norm(z0, axis=-1)[None] + 1e-12)
+    steps = cos.shape[0]
+    picks = sorted({0, steps // 4, steps // 2, (3 * steps) // 4, steps - 1})
+    return {"steps": steps, "mean": cos.mean(axis=1).round(4).tolist(),
+            "samples": {str(i + 1): cos[i].round(4).tolist() for i in picks}}
+
+
+def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarray]],
+            train_config: TrainConfig, example_spec: ExampleSpec) -> dict:
+    vocabulary, item_features = Vocabulary.read(root), ItemFeatures.read(root)
+    config = model_config(spec["model"], spec.get("config", {}))
+    train_config = dataclasses.replace(train_config, seed=seed)
+
+    def build():
+        return build_model(spec["model"], config, num_items=vocabulary.size,
+                           item_features=item_features.matrix,
+                           item_frequencies=vocabulary.frequencies(), example_spec=example_spec)
+
+    start = time.perf_counter()
+    model, history = fit(build, arrays_dataset(data["train"], train_config.batch_size,
+                                               train_config.shuffle_buffer, seed),
+                         arrays_dataset(data["validation"], 512), train_config)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    result = M.evaluate(model, data["test"], ks=(2, 10, 20, 100), num_bootstrap=1000, seed=seed)
+    eval_seconds = time.perf_counter() - start
+    validation = history.get(f"val_{train_config.selection_metric}", [])
+    return {
+        "label": spec["label"], "model": spec["model"], "seed": seed,
+        "config": dataclasses.asdict(config), "metrics": result.metrics,
+        "intervals": {k: list(v) for k, v in result.intervals.items()},
+        "num_test_examples": result.num_examples, "num_items": result.num_items,
+        "parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)), "epochs_run": len(history.get("loss", [])),
+        "best_epoch": int(np.argmax(validation)) + 1 if validation else None,
+        "validation_curve": [float(v) for v in validation],
+        "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
+        "ms_per_user_batch_1": round(latency_ms_per_user(model, data["test"], 1), 3),
+        "ms_per_user_batch_256": round(latency_ms_per_user(model, data["test"], 256), 4),
+        "reverse_step_cosine": reverse_step_cosine(model, data["test"], seed=seed),
+    }
+
+
+def markdown(results: List[dict], protocol: str) -> str:
+    lines = [f"### ML-1M, {protocol}, full-corpus ranking (seen items included), test split",
+             "", "| model | Recall@2 | Recall@10 | Recall@20 | MRR@2 | MRR@20 | NDCG@10 | "
+             "params | train s | epochs (best) | ms/user @256 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    by_label: Dict[str, List[dict]] = {}
+    for r in results:
+        by_label.setdefault(r["label"], []).append(r)
+    for label, runs in by_label.items():
+        def cell(name):
+            values = [r["metrics"][name] for r in runs]
+            if len(runs) == 1:
+                low, high = runs[0]["intervals"][name]
+                return f"{values[0]:.4f} [{low:.4f}, {high:.4f}]"
+            return f"{np.mean(values):.4f} ± {np.std(values):.4f} (n={len(runs)})"
+        first = runs[0]
+        lines.append(
+            f"| {label} | {cell('recall@2')} | {cell('recall@10')} | {cell('recall@20')} | "
+            f"{cell('mrr@2')} | {cell('mrr@20')} | {cell('ndcg@10')} | {first['parameters']:,} | "
+            f"{np.mean([r['train_seconds'] for r in runs]):.0f} | {first['epochs_run']} "
+            f"({first['best_epoch']}) | {np.mean([r['ms_per_user_batch_256'] for r in runs]):.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/data/ml-1m")
+    parser.add_argument("--work-dir", default="outputs/benchmarks")
+    parser.add_argument("--protocol", nargs="+", default=[LEAVE_ONE_OUT, USER_HOLDOUT],
+                        choices=[LEAVE_ONE_OUT, USER_HOLDOUT])
+    parser.add_argument("--preset", default="table2", choices=sorted(PRESETS))
+    parser.add_argument("--only", nargs="*", default=None, help="labels of the preset to run")
+    parser.add_argument("--runs", default=None, help="JSON file with a list of run specs "
+                        "({label, model, config}) instead of a preset")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--history-length", type=int, default=50)
+    parser.add_argument("--max-train-windows-per-user", type=int, default=10)
+    parser.add_argument("--output", default="benchmarks/results/ml1m")
+    args = parser.parse_args(argv)
+
+    specs = json.load(open(args.runs)) if args.runs else PRESETS[args.preset]
+    if args.only:
+        specs = [s for s in specs if s["label"] in args.only]
+    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                               learning_rate=args.learning_rate,
+                               early_stopping_patience=args.patience, verbose=0)
+    example_spec = ExampleSpec(history_length=args.history_length)
+    report = {"command": "python " + " ".join(sys.argv), "machine":
+              f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+              f"TF {tf.__version__}", "train": dataclasses.asdict(train_config),
+              "history_length": args.history_length,
+              "max_train_windows_per_user": args.max_train_windows_per_user, "protocols": {}}
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    tables = []
+    for protocol in args.protocol:
+        root = preprocess(args.data_dir, protocol, args.work_dir, args.history_length,
+                          args.max_train_windows_per_user, args.seeds[0])
+        data = {split: load_split(root, split, example_spec)
+                for split in ("train", "validation", "test")}
+        results = []
+        for spec in specs:
+            for seed in args.seeds:
+                r = run_one(spec, seed, root, data, train_config, example_spec)
+                results.append(r)
+                print(f"[{protocol}] {r['label']} seed {seed}: recall@20 "
+                      f"{r['metrics']['recall@20']:.4f} mrr@20 {r['metrics']['mrr@20']:.4f} "
+                      f"recall@10 {r['metrics']['recall@10']:.4f} ndcg@10 "
+                      f"{r['metrics']['ndcg@10']:.4f} ({r['train_seconds']} s, "
+                      f"{r['epochs_run']} epochs, best {r['best_epoch']})", flush=True)
+                report["protocols"][protocol] = {"data": root, "results": results}
+                with open(args.output + ".json", "w") as f:
+                    json.dump(report, f, indent=2)
+        tables.append(markdown(results, protocol))
+    text = "\n\n".join(tables)
+    with open(args.output + ".md", "w") as f:
+        f.write(f"Command: `{report['command']}`  \nMachine: {report['machine']}\n\n{text}\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
