@@ -19,7 +19,9 @@ import tensorflow as tf
 
 
 def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Mean over valid positions: ``[batch, n, d]``, ``[batch, n]`` -> ``[batch, d]`` (0 if none)."""
+    """Mean over valid positions: ``[batch, n, d]``, ``[batch, n]`` -> ``[batch, d]``.
+
+    Zero for a row without valid positions."""
     valid = tf.cast(mask, tf.bool)[:, :, None]
     total = tf.reduce_sum(tf.where(valid, values, tf.zeros_like(values)), axis=1)
     count = tf.reduce_sum(tf.cast(valid, values.dtype), axis=1)

@@ -175,7 +175,8 @@ class DriftDiffusion(tf.keras.layers.Layer):
 
     def posterior(self, z0_hat: tf.Tensor, noised: tf.Tensor, steps: tf.Tensor
                   ) -> Tuple[tf.Tensor, tf.Tensor]:
-        """Mean ``[batch, n, d]`` and log variance ``[batch, 1, 1]`` of ``q(z_{r-1}|z_r, z0_hat)``."""
+        """Mean ``[batch, n, d]`` and log variance ``[batch, 1, 1]`` of
+        ``q(z_{r-1} | z_r, z0_hat)``."""
         c0 = self.schedule.gather("posterior_mean_coef1", steps, noised.dtype)[:, None, None]
         c1 = self.schedule.gather("posterior_mean_coef2", steps, noised.dtype)[:, None, None]
         log_var = self.schedule.gather("posterior_log_variance_clipped", steps,
@@ -229,6 +230,9 @@ class DriftDiffusion(tf.keras.layers.Layer):
             noise = _normal(shape, seed, t)
             keep = tf.cast(t > 1, z.dtype)  # no noise on the last step
             z = mean + keep * tf.exp(0.5 * log_var) * noise
+            # Keep the loop variables' static shapes (a static batch must stay static).
+            z = tf.ensure_shape(z, behaviours.shape)
+            z0_hat = tf.ensure_shape(z0_hat, behaviours.shape)
             return i + 1, z, z0_hat, trajectory.write(i, z0_hat)
 
         _, z, z0_hat, trajectory = tf.while_loop(

@@ -147,6 +147,16 @@ def test_reverse_chain_shapes_and_seed():
     assert np.abs(s1.numpy() - s2.numpy()).max() > 1e-5
 
 
+def test_samplers_in_a_graph_with_a_static_batch():
+    """A traced call with a fully static input shape (e.g. batch 1 at serving)."""
+    layer = DriftDiffusion(4, SMALL)
+    x, target, mask = _inputs()
+    layer(x, mask=mask, target=target)
+    for sampler in ("full", "fast"):
+        traced = tf.function(lambda x, m: layer.sample(x, m, sampler=sampler))
+        assert traced(x[:1], mask[:1]).shape == (1, 4)
+
+
 def test_fast_sampler_is_deterministic():
     layer = DriftDiffusion(4, SMALL)
     x, target, mask = _inputs()

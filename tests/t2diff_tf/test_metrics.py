@@ -1,0 +1,94 @@
+"""Full-corpus ranking metrics, tie rule, history exclusion, bootstrap intervals, evaluate()."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from t2diff_tf import features as F
+from t2diff_tf.metrics import (bootstrap_interval, evaluate, ranking_metrics, target_ranks)
+
+
+def test_ranks_and_pessimistic_ties():
+    scores = tf.constant([[0.1, 0.9, 0.5, 0.5],
+                          [0.3, 0.3, 0.3, 0.3],
+                          [1.0, 0.0, 0.0, 0.0]])
+    ranks = target_ranks(scores, tf.constant([3, 1, 1])).numpy()
+    # Row 0: item 2 scores higher, item 4 ties -> rank 3. Row 1: all tie -> last. Row 2: first.
+    np.testing.assert_array_equal(ranks, [3, 4, 1])
+
+
+def test_history_exclusion_never_drops_the_target():
+    scores = tf.constant([[0.9, 0.8, 0.7, 0.6, 0.5]])
+    history = tf.constant([[0, 1, 2, 4]])
+    assert target_ranks(scores, tf.constant([4]), history).numpy()[0] == 2  # 1, 2 dropped; 3 stays
+    # The target in the history is kept; padding 0 is not an item.
+    assert target_ranks(scores, tf.constant([2]), history).numpy()[0] == 1
+    assert target_ranks(scores, tf.constant([2])).numpy()[0] == 2
+
+
+def test_ranking_metrics_closed_forms():
+    out = ranking_metrics(np.array([1, 2, 5, 30]), ks=(2, 10))
+    np.testing.assert_allclose(out["recall@2"], [1, 1, 0, 0])
+    np.testing.assert_allclose(out["recall@10"], [1, 1, 1, 0])
+    np.testing.assert_allclose(out["mrr@2"], [1, 0.5, 0, 0])
+    np.testing.assert_allclose(out["mrr@10"], [1, 0.5, 0.2, 0])
+    np.testing.assert_allclose(out["ndcg@10"], [1, 1 / np.log2(3), 1 / np.log2(6), 0])
+
+
+def test_bootstrap_interval_covers_the_mean_and_is_seeded():
+    rng = np.random.default_rng(0)
+    values = (rng.random(2000) < 0.3).astype(float)
+    low, high = bootstrap_interval(values, num_resamples=500, seed=1)
+    assert low < values.mean() < high
+    # Binomial standard error ~ 0.0102: the 95% interval is about +-0.02.
+    assert 0.03 < high - low < 0.05
+    assert (low, high) == bootstrap_interval(values, num_resamples=500, seed=1)
+    assert (low, high) != bootstrap_interval(values, num_resamples=500, seed=2)
+
+
+def test_bootstrap_resamples_users_not_examples():
+    """Ten users with 100 identical examples each: the spread is that of 10 draws, not 1000."""
+    values = np.repeat(np.arange(10) % 2, 100).astype(float)
+    users = np.repeat(np.arange(10), 100)
+    by_user = bootstrap_interval(values, users, num_resamples=1000, seed=0)
+    by_example = bootstrap_interval(values, None, num_resamples=1000, seed=0)
+    assert (by_user[1] - by_user[0]) > 4 * (by_example[1] - by_example[0])
+
+
+class _FixedModel:
+    """A stand-in model: the query of an example is one-hot on item ``history[-1] + 1``."""
+
+    def __init__(self, num_items):
+        self.num_items = num_items
+
+    def corpus_embeddings(self):
+        return tf.eye(self.num_items)
+
+    def query_embeddings(self, features, training=False):
+        nxt = tf.cast(features[F.HISTORY][:, -1], tf.int32)  # next item id = last + 1
+        return tf.one_hot(nxt, self.num_items)  # column nxt scores item nxt + 1
+
+
+def test_evaluate_with_a_known_model():
+    n, L = 6, 3
+    history = np.array([[0, 1, 2], [0, 2, 3], [1, 2, 4], [0, 0, 1]])
+    data = {
+        F.HISTORY: history, F.HISTORY_TIME_LAG: np.ones_like(history),
+        F.HISTORY_SESSION: np.zeros_like(history), F.SESSION_LENGTH: np.array([2, 2, 3, 1]),
+        F.TARGET: np.array([3, 4, 1, 6]),
+        F.USER_ID: np.array([b"a", b"b", b"c", b"d"]),
+    }
+    result = evaluate(_FixedModel(n), data, ks=(1, 5), num_bootstrap=200, batch_size=3)
+    # Targets 3 and 4 are predicted (rank 1); the others tie with five items at 0 (rank 6).
+    assert result["recall@1"] == pytest.approx(0.5)
+    assert result["recall@5"] == pytest.approx(0.5)
+    assert result["mrr@5"] == pytest.approx(0.5)
+    assert result.num_examples == 4 and result.num_users == 4 and result.num_items == n
+    low, high = result.intervals["recall@1"]
+    assert 0.0 <= low <= 0.5 <= high <= 1.0
+    assert result.tie_rule == "pessimistic" and not result.exclude_history
+    excluded = evaluate(_FixedModel(n), data, ks=(1, 5), exclude_history=True, num_bootstrap=0)
+    # Excluding the 2..3 history items lifts the missed targets above the cut-off 5.
+    assert excluded["recall@5"] == pytest.approx(1.0)
+    assert excluded.intervals == {}
+    assert excluded.as_dict()["metrics"]["recall@1"] == pytest.approx(0.5)
