@@ -25,7 +25,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from typing import Dict, List
@@ -42,6 +41,7 @@ from t2diff_tf import features as F  # noqa: E402
 from t2diff_tf.layers.diffusion import DiffusionConfig  # noqa: E402
 from t2diff_tf.layers.schedules import ScheduleConfig  # noqa: E402
 from t2diff_tf.models import T2DiffConfig, TwoTowerConfig, build_model  # noqa: E402
+from machine import describe  # noqa: E402  (benchmarks/machine.py)
 
 
 def random_windows(num: int, spec: F.ExampleSpec, num_items: int, session_size: int,
@@ -100,19 +100,6 @@ def latency_ms(model, windows, batch: int, repeats: int) -> float:
     return 1000.0 * float(np.median(times))
 
 
-def machine() -> Dict[str, object]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "cpu": cpu, "cpu_count": os.cpu_count(),
-            "gpus": len(tf.config.list_physical_devices("GPU"))}
-
-
 def main(argv=None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-items", type=int, default=3706)
@@ -158,7 +145,7 @@ def main(argv=None) -> Dict[str, object]:
         "command": " ".join(["benchmarks/model_speed.py"] + list(argv if argv is not None
                                                                   else sys.argv[1:])),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": describe(),
         "load_average_1_5_15": {"start": list(load_before), "end": list(os.getloadavg())},
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "notes": ("random windows; full softmax over num_items; training figure after a "

@@ -21,7 +21,6 @@ if ScaNN's recall@k is below ``--min-recall`` (0.95).
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from t2diff_tf.serving.export import (  # noqa: E402
     SAVE_OPTIONS, SCANN_SAVE_OPTIONS, library_versions, save_module)
 from t2diff_tf.serving.scann_index import (ScannConfig, build_pybind_index,  # noqa: E402
                                            build_scann_layer, load_pybind_index)
+from machine import describe  # noqa: E402  (benchmarks/machine.py)
 
 
 def clustered_corpus(num_items, dim, clusters, num_queries, noise, seed):
@@ -71,18 +71,6 @@ def time_search(search, query_batches, repeats):
 def recall(found, exact):
     k = exact.shape[1]
     return float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found, exact)]))
-
-
-def machine_description():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
 
 
 def main(argv=None):
@@ -168,7 +156,7 @@ def main(argv=None):
         "command": " ".join(["TF_USE_LEGACY_KERAS=1", ".venv/bin/python",
                              "benchmarks/scann_index.py"] + list(sys.argv[1:] if argv is None
                                                                   else argv)),
-        "machine": machine_description(),
+        "machine": describe(),
         "load_average_1min": {"before": round(load_before[0], 2),
                               "after": round(load_after[0], 2)},
         "note": ("The 2 cores are shared with other engineers' processes; the 1-minute load "
