@@ -1,8 +1,11 @@
 """t2diff: T2Diff (diffusion-based cross-interaction two-tower retrieval) on TensorFlow/TFX.
 
-Dependencies are pinned in requirements.lock and installed with ``pip install --no-deps``
-(see README.md: the verified stack overrides some of TFX's own pins), so ``install_requires``
-only names the direct dependencies for documentation and for ``pip check``.
+Dependencies are pinned in requirements.lock and installed with ``pip install --no-deps`` (see
+README.md: the verified stack overrides some of TFX's own pins). The direct ones are tensorflow
+2.20.0, tf-keras 2.20.1, tensorflow-recommenders 0.7.7, scann 1.4.2, apache-beam 2.77.0,
+tfx 1.21.0 and tensorflow-datasets 4.9.10. They are deliberately *not* ``install_requires``: the
+console script's loader (pkg_resources) would then resolve TFX's own pins (e.g. pyarrow<19) and
+refuse to start on the verified stack.
 """
 
 from setuptools import find_packages, setup
@@ -15,14 +18,5 @@ setup(
     packages=find_packages(include=["t2diff_tf", "t2diff_tf.*", "components", "components.*",
                                     "pipeline", "pipeline.*"]),
     package_data={"": ["*.pbtxt"]},
-    install_requires=[
-        "tensorflow==2.20.0",
-        "tf-keras==2.20.1",
-        "tensorflow-recommenders==0.7.7",
-        "scann==1.4.2",
-        "apache-beam==2.77.0",
-        "tfx==1.21.0",
-        "tensorflow-datasets==4.9.10",
-    ],
     entry_points={"console_scripts": ["t2diff=pipeline.cli:main"]},
 )
