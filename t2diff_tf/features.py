@@ -82,6 +82,18 @@ class ExampleSpec:
         return time_lag_bucket(gap, self.num_time_lag_buckets)
 
 
+def query_input_specs(spec: ExampleSpec) -> Dict[str, tf.TensorSpec]:
+    """``{name: TensorSpec}`` of the ``QUERY_FEATURES`` with a batch dimension: the inputs of
+    every user tower and of its serving signatures."""
+    length = spec.history_length
+    return {
+        HISTORY: tf.TensorSpec([None, length], tf.int64, name=HISTORY),
+        HISTORY_TIME_LAG: tf.TensorSpec([None, length], tf.int64, name=HISTORY_TIME_LAG),
+        HISTORY_SESSION: tf.TensorSpec([None, length], tf.int64, name=HISTORY_SESSION),
+        SESSION_LENGTH: tf.TensorSpec([None], tf.int64, name=SESSION_LENGTH),
+    }
+
+
 def time_lag_bucket(gap: float, num_buckets: int) -> int:
     """Log2 bucket of a non-negative gap (seconds, or steps when the log has no time).
 

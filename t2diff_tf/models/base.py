@@ -178,13 +178,7 @@ class RetrievalModel(tfrs.Model, abc.ABC):
 
     def query_input_signature(self) -> Dict[str, tf.TensorSpec]:
         """``{name: TensorSpec}`` of the ``QUERY_FEATURES`` with a batch dimension."""
-        length = self.example_spec.history_length
-        return {
-            F.HISTORY: tf.TensorSpec([None, length], tf.int64, name=F.HISTORY),
-            F.HISTORY_TIME_LAG: tf.TensorSpec([None, length], tf.int64, name=F.HISTORY_TIME_LAG),
-            F.HISTORY_SESSION: tf.TensorSpec([None, length], tf.int64, name=F.HISTORY_SESSION),
-            F.SESSION_LENGTH: tf.TensorSpec([None], tf.int64, name=F.SESSION_LENGTH),
-        }
+        return F.query_input_specs(self.example_spec)
 
     def serving_user_tower(self) -> tf.types.experimental.GenericFunction:
         """``tf.function``: query features -> ``{"user_embedding": [batch, d]}`` (inference).

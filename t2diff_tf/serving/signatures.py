@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from t2diff_tf import features as F
+from t2diff_tf.features import query_input_specs  # noqa: F401  (re-exported)
 
 SERVING_DEFAULT = "serving_default"
 SERVE_TF_EXAMPLES = "serve_tf_examples"
@@ -46,17 +47,6 @@ QueryFunction = Callable[[Dict[str, tf.Tensor]], tf.Tensor]
 # An index maps query embeddings ``[batch, d]`` and ``k`` to ``(scores, ids)``, both
 # ``[batch, k]`` (the convention of ``tfrs.layers.factorized_top_k.TopK``).
 Index = Callable[..., Tuple[tf.Tensor, tf.Tensor]]
-
-
-def query_input_specs(spec: F.ExampleSpec) -> Dict[str, tf.TensorSpec]:
-    """``{name: TensorSpec}`` of the ``QUERY_FEATURES`` with a batch dimension."""
-    length = spec.history_length
-    return {
-        F.HISTORY: tf.TensorSpec([None, length], tf.int64, name=F.HISTORY),
-        F.HISTORY_TIME_LAG: tf.TensorSpec([None, length], tf.int64, name=F.HISTORY_TIME_LAG),
-        F.HISTORY_SESSION: tf.TensorSpec([None, length], tf.int64, name=F.HISTORY_SESSION),
-        F.SESSION_LENGTH: tf.TensorSpec([None], tf.int64, name=F.SESSION_LENGTH),
-    }
 
 
 def query_feature_spec(spec: F.ExampleSpec) -> Dict[str, tf.io.FixedLenFeature]:
