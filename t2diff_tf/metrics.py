@@ -149,7 +149,9 @@ def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
 
     Args:
       model: a :class:`~t2diff_tf.models.base.RetrievalModel` (``query_embeddings``,
-        ``corpus_embeddings``, ``num_items``).
+        ``corpus_embeddings``, ``num_items``). A model with a ``score_corpus(features)`` method
+        (``[batch, N]`` exact scores of items ``1..N``, e.g. FIT's late-interaction scorer) is
+        ranked by it instead of ``query_embeddings @ corpus_embeddings.T``.
       dataset: batched feature dicts (a ``tf.data.Dataset``) or a dict of numpy arrays (batched
         here by ``batch_size``); needs the query features and ``target``; ``user_id`` groups the
         bootstrap.
@@ -160,12 +162,16 @@ def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
       seed: bootstrap seed.
       batch_size: batch size when ``dataset`` is a dict of arrays.
     """
-    corpus = tf.convert_to_tensor(model.corpus_embeddings())
+    score_corpus = getattr(model, "score_corpus", None)
+    corpus = None if score_corpus is not None else tf.convert_to_tensor(model.corpus_embeddings())
 
     @tf.function(reduce_retracing=True)
     def rank_batch(features):
-        queries = model.query_embeddings(features, training=False)
-        scores = tf.matmul(queries, corpus, transpose_b=True)
+        if score_corpus is not None:
+            scores = score_corpus(features)
+        else:
+            queries = model.query_embeddings(features, training=False)
+            scores = tf.matmul(queries, corpus, transpose_b=True)
         exclude = features[F.HISTORY] if exclude_history else None
         return target_ranks(scores, features[F.TARGET], exclude)
 

@@ -1,12 +1,13 @@
-"""Keras layers of T2Diff."""
+"""Keras layers of T2Diff and the baselines."""
 
 from t2diff_tf.layers.attention import SessionEncoder, TargetAttention
+from t2diff_tf.layers.bidirectional_transformer import BidirectionalTransformer
 from t2diff_tf.layers.diffusion import DiffusionConfig, DriftDiffusion
 from t2diff_tf.layers.items import ItemRepresentation
 from t2diff_tf.layers.schedules import NoiseSchedule, ScheduleConfig
 from t2diff_tf.layers.unet import UNet1D, UNetConfig
 
 __all__ = [
-    "DiffusionConfig", "DriftDiffusion", "ItemRepresentation", "NoiseSchedule", "ScheduleConfig",
+    "BidirectionalTransformer", "DiffusionConfig", "DriftDiffusion", "ItemRepresentation", "NoiseSchedule", "ScheduleConfig",
     "SessionEncoder", "TargetAttention", "UNet1D", "UNetConfig",
 ]

@@ -9,6 +9,18 @@ Names:
   (:class:`TwoTowerConfig`), the YouTube-DNN style baseline.
 * ``"sasrec"``, ``"gru4rec"`` -- the sequence baselines of
   :mod:`t2diff_tf.models.sequential` (:class:`SequentialConfig`).
+* ``"caser"`` -- :class:`~t2diff_tf.models.caser.Caser` (:class:`CaserConfig`), convolutions over
+  the last behaviours.
+* ``"bert4rec"`` -- :class:`~t2diff_tf.models.bert4rec.BERT4Rec` (:class:`BERT4RecConfig`),
+  a bidirectional Transformer trained as a cloze task.
+* ``"dat_plus"`` -- :class:`~t2diff_tf.models.dat.DAT` (:class:`DATConfig`), the dual augmented
+  two-tower with the adaptive-mimic mechanism and category alignment.
+* ``"diffurec"`` -- :class:`~t2diff_tf.models.diffurec.DiffuRec` (:class:`DiffuRecConfig`),
+  diffusion that generates the target's embedding.
+* ``"fit"`` -- :class:`~t2diff_tf.models.fit.FIT` (:class:`FITConfig`), meta queries and a
+  lightweight similarity scorer (late interaction; ``score_corpus`` ranks exactly).
+* ``"wo_dp"`` -- T2Diff diffusing the behaviours themselves, no drift preparation (the paper's
+  W/O-DP ablation; a :class:`T2DiffConfig` whose ``diffusion.drift`` is forced off).
 
 ``data`` are the keyword arguments every model takes: ``num_items`` (required),
 ``item_features``, ``item_frequencies``, ``example_spec``.
@@ -19,7 +31,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, Union
 
+from t2diff_tf.layers.diffusion import DiffusionConfig
 from t2diff_tf.models.base import RetrievalModel
+from t2diff_tf.models.bert4rec import BERT4Rec, BERT4RecConfig
+from t2diff_tf.models.caser import Caser, CaserConfig
+from t2diff_tf.models.dat import DAT, DATConfig
+from t2diff_tf.models.diffurec import DiffuRec, DiffuRecConfig
+from t2diff_tf.models.fit import FIT, FITConfig
 from t2diff_tf.models.sequential import GRU4Rec, SASRec, SequentialConfig
 from t2diff_tf.models.t2diff import T2Diff, T2DiffConfig
 from t2diff_tf.models.two_tower import MeanPoolTwoTower, TwoTowerConfig
@@ -38,6 +56,11 @@ def _mixed_attention(config: T2DiffConfig, **data) -> T2Diff:
     return T2Diff(dataclasses.replace(config, diffusion=None), name="mixed_attention", **data)
 
 
+def _without_drift_preparation(config: T2DiffConfig, **data) -> T2Diff:
+    diffusion = dataclasses.replace(config.diffusion or DiffusionConfig(), drift=False)
+    return T2Diff(dataclasses.replace(config, diffusion=diffusion), name="wo_dp", **data)
+
+
 MODELS: Dict[str, RegisteredModel] = {
     "t2diff": RegisteredModel(T2DiffConfig, lambda config, **data: T2Diff(config, **data),
                               "T2Diff: drift diffusion + mixed attention"),
@@ -50,6 +73,23 @@ MODELS: Dict[str, RegisteredModel] = {
                               "SASRec: causal self-attention, next item at every position"),
     "gru4rec": RegisteredModel(SequentialConfig, lambda config, **data: GRU4Rec(config, **data),
                                "GRU4Rec: recurrent encoder, next item at every position"),
+    "dat_plus": RegisteredModel(
+        DATConfig, lambda config, **data: DAT(config, **data),
+        "DAT+: dual augmented two-tower (adaptive mimic + category alignment), mean-pooled "
+        "history"),
+    "caser": RegisteredModel(CaserConfig, lambda config, **data: Caser(config, **data),
+                             "Caser: horizontal + vertical convolutions over the last behaviours"),
+    "bert4rec": RegisteredModel(
+        BERT4RecConfig, lambda config, **data: BERT4Rec(config, **data),
+        "BERT4Rec: bidirectional Transformer, cloze (masked-item) training"),
+    "diffurec": RegisteredModel(
+        DiffuRecConfig, lambda config, **data: DiffuRec(config, **data),
+        "DiffuRec: diffusion generates the target embedding (Transformer approximator)"),
+    "fit": RegisteredModel(
+        FITConfig, lambda config, **data: FIT(config, **data),
+        "FIT: meta-query interests + lightweight similarity scorer (late interaction)"),
+    "wo_dp": RegisteredModel(T2DiffConfig, _without_drift_preparation,
+                             "T2Diff without drift preparation (W/O DP)"),
 }
 
 

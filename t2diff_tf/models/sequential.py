@@ -90,7 +90,8 @@ class NextItemModel(RetrievalModel):
         loss = tf.reduce_mean(losses)
         self.tower_loss_tracker.update_state(loss)
         self.auxiliary_loss_tracker.update_state(0.0)
-        return loss
+        # As in RetrievalModel.compute_loss: replicas' gradients are summed.
+        return loss / float(tf.distribute.get_strategy().num_replicas_in_sync)
 
     def model_config(self) -> Dict[str, object]:
         description = super().model_config()
