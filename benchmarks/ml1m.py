@@ -121,6 +121,31 @@ def latency_ms_per_user(model, arrays: Mapping[str, np.ndarray], batch: int,
     return (time.perf_counter() - start) / repeats / batch * 1000.0
 
 
+def sampler_comparison(model, arrays: Mapping[str, np.ndarray], fast_steps: int = 10,
+                       seed: int = 0) -> Optional[dict]:
+    """The same trained weights ranked with the full reverse chain (Algorithm 2) and with the
+    deterministic fast sampler (``S = fast_steps``): test Recall@20 / MRR@20 and ms/user at
+    batch 256 of each, so the fast sampler's speed-up and its cost in quality are measured on
+    one model. ``None`` for models without diffusion."""
+    diffusion = getattr(model, "diffusion", None)
+    if diffusion is None:
+        return None
+    original = diffusion.config
+    steps = min(fast_steps, original.schedule.num_steps)
+    out = {}
+    try:
+        for label, sampler in (("full", "full"), (f"fast_S{steps}", "fast")):
+            diffusion.config = dataclasses.replace(original, sampler=sampler,
+                                                   sampler_steps=steps)
+            result = M.evaluate(model, arrays, ks=(20,), num_bootstrap=0, seed=seed)
+            out[label] = {"recall@20": result["recall@20"], "mrr@20": result["mrr@20"],
+                          "ms_per_user_batch_256": round(
+                              latency_ms_per_user(model, arrays, 256), 4)}
+    finally:
+        diffusion.config = original
+    return out
+
+
 def reverse_step_cosine(model, arrays: Mapping[str, np.ndarray], n: int = 512,
                         seed: int = 0) -> Optional[dict]:
     """Cosine similarity between the predicted and true target drift (the session's last
@@ -171,6 +196,7 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
         "ms_per_user_batch_1": round(latency_ms_per_user(model, data["test"], 1), 3),
         "ms_per_user_batch_256": round(latency_ms_per_user(model, data["test"], 256), 4),
         "reverse_step_cosine": reverse_step_cosine(model, data["test"], seed=seed),
+        "sampler_comparison": sampler_comparison(model, data["test"], seed=seed),
     }
 
 
@@ -195,6 +221,16 @@ def markdown(results: List[dict], protocol: str) -> str:
             f"{cell('mrr@2')} | {cell('mrr@20')} | {cell('ndcg@10')} | {first['parameters']:,} | "
             f"{np.mean([r['train_seconds'] for r in runs]):.0f} | {first['epochs_run']} "
             f"({first['best_epoch']}) | {np.mean([r['ms_per_user_batch_256'] for r in runs]):.3f} |")
+    compared = [r for r in results if r.get("sampler_comparison")]
+    if compared:
+        lines += ["", "Samplers on the same trained weights (test split, no intervals):", "",
+                  "| model | seed | sampler | Recall@20 | MRR@20 | ms/user @256 |",
+                  "|---|---|---|---|---|---|"]
+        for r in compared:
+            for sampler, values in r["sampler_comparison"].items():
+                lines.append(f"| {r['label']} | {r['seed']} | {sampler} | "
+                             f"{values['recall@20']:.4f} | {values['mrr@20']:.4f} | "
+                             f"{values['ms_per_user_batch_256']:.3f} |")
     return "\n".join(lines)
 
 

@@ -61,6 +61,12 @@ def test_run_records_metrics_intervals_cost_and_reverse_steps(tmp_path):
     cosine = t2diff["reverse_step_cosine"]
     assert cosine["steps"] == 10 and len(cosine["mean"]) == 10
     assert all(-1.0 <= v <= 1.0 for v in cosine["samples"]["10"])
+    # The same weights ranked by both samplers (T = 10 here, so the fast sampler has S = 10).
+    assert two_tower["sampler_comparison"] is None
+    samplers = t2diff["sampler_comparison"]
+    assert set(samplers) == {"full", "fast_S10"}
+    for values in samplers.values():
+        assert 0.0 <= values["recall@20"] <= 1.0 and values["ms_per_user_batch_256"] > 0
     harness = load_harness()
     assert "| T2Diff, T = 10 |" in harness.markdown(results, "leave_one_out")
 
