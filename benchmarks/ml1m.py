@@ -48,6 +48,9 @@ PRESETS: Dict[str, List[dict]] = {
         {"label": "DAT+", "model": "dat_plus"},
         {"label": "DiffuRec", "model": "diffurec"},
         {"label": "FIT", "model": "fit"},
+        {"label": "Mamba4Rec", "model": "mamba4rec"},
+        {"label": "ContrastVAE", "model": "contrast_vae"},
+        {"label": "STOSA", "model": "stosa"},
         {"label": "Mixed-attention only", "model": "mixed_attention"},
         {"label": "T2Diff W/O DP", "model": "wo_dp"},
         {"label": "T2Diff", "model": "t2diff"},
@@ -85,8 +88,12 @@ def model_config(name: str, overrides: Mapping) -> object:
 
 
 def preprocess(data_dir: str, protocol: str, work_dir: str, history_length: int,
-               max_train_windows: int, seed: int) -> str:
-    out = os.path.join(work_dir, f"{protocol}_L{history_length}_w{max_train_windows}_s{seed}")
+               max_train_windows: int, seed: int,
+               max_user_interactions: Optional[int] = None) -> str:
+    name = f"{protocol}_L{history_length}_w{max_train_windows}_s{seed}"
+    if max_user_interactions:
+        name += f"_u{max_user_interactions}"
+    out = os.path.join(work_dir, name)
     if os.path.exists(os.path.join(out, STATS_FILE)):
         return out
     cap = max_train_windows if max_train_windows > 0 else None
@@ -94,7 +101,8 @@ def preprocess(data_dir: str, protocol: str, work_dir: str, history_length: int,
                        else ProtocolConfig(name=USER_HOLDOUT, max_train_windows_per_user=cap or 10,
                                            seed=seed))
     config = PreprocessConfig(window=WindowConfig(ExampleSpec(history_length=history_length)),
-                              protocol=protocol_config)
+                              protocol=protocol_config,
+                              max_user_interactions=max_user_interactions)
     source = readers.SequenceFile(os.path.join(data_dir, "sequences.txt.gz"),
                                   genres=readers.read_movielens_genres(
                                       os.path.join(data_dir, "movies.dat")))
@@ -252,6 +260,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--history-length", type=int, default=50)
     parser.add_argument("--max-train-windows-per-user", type=int, default=10)
+    parser.add_argument("--max-user-interactions", type=int, default=None,
+                        help="keep each user's latest N items (200: the paper's statistics)")
     parser.add_argument("--output", default="benchmarks/results/ml1m")
     args = parser.parse_args(argv)
 
@@ -266,12 +276,14 @@ def main(argv: Optional[List[str]] = None) -> None:
               f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
               f"TF {tf.__version__}", "train": dataclasses.asdict(train_config),
               "history_length": args.history_length,
-              "max_train_windows_per_user": args.max_train_windows_per_user, "protocols": {}}
+              "max_train_windows_per_user": args.max_train_windows_per_user,
+              "max_user_interactions": args.max_user_interactions, "protocols": {}}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     tables = []
     for protocol in args.protocol:
         root = preprocess(args.data_dir, protocol, args.work_dir, args.history_length,
-                          args.max_train_windows_per_user, args.seeds[0])
+                          args.max_train_windows_per_user, args.seeds[0],
+                          args.max_user_interactions)
         data = {split: load_split(root, split, example_spec)
                 for split in ("train", "validation", "test")}
         results = []

@@ -84,6 +84,9 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
                    help="gap that starts a new time-gap session")
     g.add_argument("--min-user-interactions", type=int, default=5,
                    help="drop users with fewer interactions (counted in the stats)")
+    g.add_argument("--max-user-interactions", type=int, default=None,
+                   help="keep each user's latest N interactions, count the older ones as "
+                        "filtered (ML-1M with 200 is closest to the T2Diff paper's statistics)")
     g.add_argument("--max-train-windows-per-user", type=int, default=None,
                    help="keep only each user's latest N training windows (default: all for "
                         "leave-one-out, 10 for user_holdout)")
@@ -125,6 +128,7 @@ def preprocess_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         protocol=ProtocolConfig(args.protocol, cap, args.test_fraction, args.validation_fraction,
                                 args.min_target_position, args.seed),
         min_user_interactions=args.min_user_interactions,
+        max_user_interactions=args.max_user_interactions,
         max_rejected_fraction=args.max_rejected_fraction, num_shards=args.num_shards)
 
 

@@ -61,17 +61,20 @@ def from_interactions(interactions: Iterable[Tuple[str, str, int]],
                       genres: Mapping[str, Sequence[str]],
                       window: WindowConfig = WindowConfig(),
                       protocol: ProtocolConfig = ProtocolConfig(),
-                      min_user_interactions: int = 5) -> InMemoryData:
+                      min_user_interactions: int = 5,
+                      max_user_interactions: Optional[int] = None) -> InMemoryData:
     """Time-ordered ``(user, item, timestamp)`` rows -> :class:`InMemoryData`.
 
     Rows must already be in time order per user (ties keep input order). Users with fewer than
-    ``min_user_interactions`` rows are dropped before the vocabulary is built.
+    ``min_user_interactions`` rows are dropped and the others keep their latest
+    ``max_user_interactions`` rows, before the vocabulary is built (as the Beam pipeline does).
     """
     per_user: Dict[str, List[Tuple[str, int]]] = {}
     for user, item, ts in interactions:
         per_user.setdefault(user, []).append((item, ts))
     minimum = max(min_user_interactions, protocol.min_sequence_length)
-    per_user = {u: evs for u, evs in per_user.items() if len(evs) >= minimum}
+    per_user = {u: evs[-max_user_interactions:] if max_user_interactions else evs
+                for u, evs in per_user.items() if len(evs) >= minimum}
     counts: Dict[str, int] = {}
     for evs in per_user.values():
         for item, _ in evs:
@@ -87,7 +90,8 @@ def from_interactions(interactions: Iterable[Tuple[str, str, int]],
 def synthetic_arrays(config: synthetic.SyntheticConfig = synthetic.SyntheticConfig(),
                      window: WindowConfig = WindowConfig(),
                      protocol: ProtocolConfig = ProtocolConfig(),
-                     min_user_interactions: int = 5) -> InMemoryData:
+                     min_user_interactions: int = 5,
+                     max_user_interactions: Optional[int] = None) -> InMemoryData:
     """The synthetic drift log (see ``synthetic.py``) as window arrays.
 
     Example::
@@ -98,4 +102,4 @@ def synthetic_arrays(config: synthetic.SyntheticConfig = synthetic.SyntheticConf
     """
     return from_interactions(synthetic.generate_interactions(config),
                              synthetic.item_genres(config), window, protocol,
-                             min_user_interactions)
+                             min_user_interactions, max_user_interactions)

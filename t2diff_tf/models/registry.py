@@ -19,6 +19,12 @@ Names:
   diffusion that generates the target's embedding.
 * ``"fit"`` -- :class:`~t2diff_tf.models.fit.FIT` (:class:`FITConfig`), meta queries and a
   lightweight similarity scorer (late interaction; ``score_corpus`` ranks exactly).
+* ``"mamba4rec"`` -- :class:`~t2diff_tf.models.mamba4rec.Mamba4Rec` (:class:`Mamba4RecConfig`),
+  selective state-space layers.
+* ``"contrast_vae"`` -- :class:`~t2diff_tf.models.contrast_vae.ContrastVAE`
+  (:class:`ContrastVAEConfig`), a Transformer VAE trained with the contrastive ELBO.
+* ``"stosa"`` -- :class:`~t2diff_tf.models.stosa.STOSA` (:class:`STOSAConfig`), stochastic
+  (Gaussian) self-attention scored by the Wasserstein distance, written as an inner product.
 * ``"wo_dp"`` -- T2Diff diffusing the behaviours themselves, no drift preparation (the paper's
   W/O-DP ablation; a :class:`T2DiffConfig` whose ``diffusion.drift`` is forced off).
 
@@ -35,10 +41,13 @@ from t2diff_tf.layers.diffusion import DiffusionConfig
 from t2diff_tf.models.base import RetrievalModel
 from t2diff_tf.models.bert4rec import BERT4Rec, BERT4RecConfig
 from t2diff_tf.models.caser import Caser, CaserConfig
+from t2diff_tf.models.contrast_vae import ContrastVAE, ContrastVAEConfig
 from t2diff_tf.models.dat import DAT, DATConfig
 from t2diff_tf.models.diffurec import DiffuRec, DiffuRecConfig
 from t2diff_tf.models.fit import FIT, FITConfig
+from t2diff_tf.models.mamba4rec import Mamba4Rec, Mamba4RecConfig
 from t2diff_tf.models.sequential import GRU4Rec, SASRec, SequentialConfig
+from t2diff_tf.models.stosa import STOSA, STOSAConfig
 from t2diff_tf.models.t2diff import T2Diff, T2DiffConfig
 from t2diff_tf.models.two_tower import MeanPoolTwoTower, TwoTowerConfig
 
@@ -88,6 +97,15 @@ MODELS: Dict[str, RegisteredModel] = {
     "fit": RegisteredModel(
         FITConfig, lambda config, **data: FIT(config, **data),
         "FIT: meta-query interests + lightweight similarity scorer (late interaction)"),
+    "mamba4rec": RegisteredModel(
+        Mamba4RecConfig, lambda config, **data: Mamba4Rec(config, **data),
+        "Mamba4Rec: selective state-space (Mamba) layers, next item at every position"),
+    "contrast_vae": RegisteredModel(
+        ContrastVAEConfig, lambda config, **data: ContrastVAE(config, **data),
+        "ContrastVAE: causal Transformer VAE, contrastive ELBO over two views"),
+    "stosa": RegisteredModel(
+        STOSAConfig, lambda config, **data: STOSA(config, **data),
+        "STOSA: stochastic self-attention, Wasserstein scores, next item at every position"),
     "wo_dp": RegisteredModel(T2DiffConfig, _without_drift_preparation,
                              "T2Diff without drift preparation (W/O DP)"),
 }

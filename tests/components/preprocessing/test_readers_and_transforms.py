@@ -25,7 +25,8 @@ def read_split(output_dir, split, spec=CONFIG.window.example):
     records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
     if not records:
         return {}
-    return {k: v.numpy() for k, v in spec.parse(np.array(records)).items()}
+    # np.array would make fixed-width bytes and strip trailing NULs off records.
+    return {k: v.numpy() for k, v in spec.parse(tf.constant(records)).items()}
 
 
 def dead_letters(output_dir):
@@ -116,6 +117,33 @@ def test_sequence_file_real_lines_and_bad_tokens(tmp_path, ml1m_dir):
     fields = sorted((d["line"], d["field"]) for d in dead_letters(out))
     assert fields == [(11, "user"), (12, "item[2]"), (13, "items")]
     assert stats["examples"]["test"] == stats["users_kept"] == 31
+
+
+def test_user_cap_keeps_the_latest_interactions_and_counts_the_rest(tmp_path):
+    path = write(tmp_path / "seq.txt", ["1 " + " ".join(str(i) for i in range(101, 113)),
+                                         "2 201 202 203 204",
+                                         "3 " + " ".join(str(i) for i in range(301, 308))])
+    out = str(tmp_path / "out")
+    config = PreprocessConfig(window=CONFIG.window, max_user_interactions=6)
+    stats = run_preprocessing(readers.SequenceFile(path), out, config)
+    assert stats["interactions_read"] == 23
+    assert stats["filtered"] == {"beyond_max_user_interactions": 6 + 1,
+                                 "user_below_min_interactions": 4}
+    assert stats["kept"] == 12 and stats["users_kept"] == 2
+    assert_accounted(stats)
+    raw = {}
+    with open(os.path.join(out, "item_vocabulary.tsv")) as f:
+        for line in f.read().splitlines()[1:]:
+            int_id, raw_id = line.split("\t")[:2]
+            raw[int(int_id)] = raw_id
+    test = read_split(out, "test")
+    by_user = {u.decode(): (h, t) for u, h, t in zip(test[F.USER_ID], test[F.HISTORY],
+                                                     test[F.TARGET])}
+    history, target = by_user["1"]
+    assert raw[target] == "112"
+    assert [raw[i] for i in history if i] == ["107", "108", "109", "110", "111"]
+    with pytest.raises(ValueError, match="max_user_interactions"):
+        PreprocessConfig(max_user_interactions=3)
 
 
 def test_generic_csv_and_kuairand_filters(tmp_path):

@@ -31,6 +31,9 @@ CONFIGS = {
     "dat_plus": {"embedding_dim": 8},
     "diffurec": {"embedding_dim": 8, "sampler": "deterministic"},
     "fit": {"embedding_dim": 8},
+    "mamba4rec": {"embedding_dim": 8, "state_dim": 4},
+    "contrast_vae": {"embedding_dim": 8},
+    "stosa": {"embedding_dim": 8},
 }
 
 
