@@ -1,7 +1,6 @@
 """``create_pipeline``: preprocessing -> statistics/schema/validation -> Trainer -> Evaluator ->
 Pusher, as one TFX pipeline any orchestrator runs (LocalDagRunner, Kubeflow V2 / Vertex)."""
 
-import dataclasses
 import json
 import os
 from typing import List, Optional

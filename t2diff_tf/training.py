@@ -13,7 +13,6 @@ validation split only.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
-from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 import tensorflow as tf

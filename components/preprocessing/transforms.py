@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from components.preprocessing import readers
 from components.preprocessing.config import SPLITS, ProtocolConfig, WindowConfig
-from components.preprocessing.records import DeadLetter, Event, InputError
+from components.preprocessing.records import DeadLetter, Event
 from components.preprocessing.schema import schema_text, window_schema
 from components.preprocessing.vocabulary import ItemFeatures, Vocabulary
 from components.preprocessing.windows import to_example, user_windows

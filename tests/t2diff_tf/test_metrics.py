@@ -70,7 +70,7 @@ class _FixedModel:
 
 
 def test_evaluate_with_a_known_model():
-    n, L = 6, 3
+    n = 6
     history = np.array([[0, 1, 2], [0, 2, 3], [1, 2, 4], [0, 0, 1]])
     data = {
         F.HISTORY: history, F.HISTORY_TIME_LAG: np.ones_like(history),

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from components.preprocessing.config import (LEAVE_ONE_OUT, TEST, TIME_GAP, TRAIN, USER_HOLDOUT,
+from components.preprocessing.config import (TEST, TIME_GAP, TRAIN, USER_HOLDOUT,
                                              VALIDATION, ProtocolConfig, WindowConfig)
 from components.preprocessing.windows import (holdout_split, make_window, target_positions,
                                               to_example, user_windows)
@@ -97,7 +98,8 @@ def test_user_holdout_training_windows_follow_the_paper():
 def test_example_round_trip_through_the_feature_spec():
     spec = ExampleSpec(history_length=6)
     w = make_window("user-7", [5, 6, 7, 8], None, 3, WindowConfig(spec))
-    parsed = spec.parse(np.array([to_example(w).SerializeToString()]))
+    # tf.constant, not np.array: fixed-width numpy bytes drop a trailing NUL of the record.
+    parsed = spec.parse(tf.constant([to_example(w).SerializeToString()]))
     assert parsed[F.USER_ID].numpy()[0] == b"user-7"
     np.testing.assert_array_equal(parsed[F.HISTORY].numpy()[0], w[F.HISTORY])
     np.testing.assert_array_equal(parsed[F.HISTORY_SESSION].numpy()[0], w[F.HISTORY_SESSION])
