@@ -82,6 +82,6 @@ def test_ablation_notebook_executes_on_a_results_file(tmp_path, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 3  # Table 2 bars, Table 4 curves, Figure 4 histograms
+    assert len(images) >= 4  # Table 2 bars, Table 4 curves, samplers, Figure 4 histograms
     text = "".join(o.get("text", "") for o in outputs)
     assert "2 runs from" in text
