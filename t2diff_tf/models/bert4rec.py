@@ -44,10 +44,11 @@ import tensorflow as tf
 from t2diff_tf import features as F
 from t2diff_tf.layers.bidirectional_transformer import BidirectionalTransformer
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel
+from t2diff_tf.models.config import DictConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class BERT4RecConfig:
+class BERT4RecConfig(DictConfig):
     """Hyperparameters of :class:`BERT4Rec`.
 
     Attributes:
@@ -79,13 +80,6 @@ class BERT4RecConfig:
         if not 0.0 <= self.next_item_probability <= 1.0:
             raise ValueError(
                 f"next_item_probability must be in [0, 1], got {self.next_item_probability}")
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "BERT4RecConfig":
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 class BERT4Rec(RetrievalModel):

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from t2diff_tf import features as F
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel
+from t2diff_tf.models.config import DictConfig
 
 
 @tf.keras.utils.register_keras_serializable(package="t2diff")
@@ -98,7 +99,7 @@ class CaserConvolutions(tf.keras.layers.Layer):
 
 
 @dataclasses.dataclass(frozen=True)
-class CaserConfig:
+class CaserConfig(DictConfig):
     """Hyperparameters of :class:`Caser`.
 
     Attributes:
@@ -141,13 +142,6 @@ class CaserConfig:
                 tf.keras.activations.get(getattr(self, name))
             except ValueError as error:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}") from error
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "CaserConfig":
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 class Caser(RetrievalModel):

@@ -61,10 +61,11 @@ import tensorflow as tf
 from t2diff_tf import features as F
 from t2diff_tf.layers.causal_transformer import CausalTransformer
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel
+from t2diff_tf.models.config import DictConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class ContrastVAEConfig:
+class ContrastVAEConfig(DictConfig):
     """Hyperparameters of :class:`ContrastVAE`.
 
     Attributes:
@@ -103,13 +104,6 @@ class ContrastVAEConfig:
             raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
         if self.temperature <= 0.0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "ContrastVAEConfig":
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 # -- the ELBO's and the contrastive term's maths ------------------------------------------------

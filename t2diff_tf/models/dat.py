@@ -57,7 +57,7 @@ Adaptations and simplifications:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -65,6 +65,7 @@ import tensorflow as tf
 from t2diff_tf import features as F
 from t2diff_tf.layers.attention import masked_mean
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel, feed_forward
+from t2diff_tf.models.config import DictConfig
 
 USER_MIMIC = "user_mimic_loss"
 ITEM_MIMIC = "item_mimic_loss"
@@ -72,7 +73,7 @@ CATEGORY_ALIGNMENT = "category_alignment_loss"
 
 
 @dataclasses.dataclass(frozen=True)
-class DATConfig:
+class DATConfig(DictConfig):
     """Hyperparameters of :class:`DAT`.
 
     Attributes:
@@ -106,14 +107,6 @@ class DATConfig:
         for name in ("user_mimic_weight", "item_mimic_weight", "category_alignment_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, object]) -> "DATConfig":
-        """Inverse of :meth:`to_dict` (a nested ``loss`` dict and JSON lists accepted)."""
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 @tf.keras.utils.register_keras_serializable(package="t2diff")

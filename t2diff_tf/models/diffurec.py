@@ -71,6 +71,7 @@ from t2diff_tf.layers.diffusion import _normal
 from t2diff_tf.layers.schedules import LINEAR, NoiseSchedule, ScheduleConfig
 from t2diff_tf.layers.unet import sinusoidal_step_embedding
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel
+from t2diff_tf.models.config import DictConfig
 
 STOCHASTIC = "stochastic"
 DETERMINISTIC = "deterministic"
@@ -98,7 +99,7 @@ def truncated_linear_schedule(num_steps: int = 32) -> ScheduleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffuRecConfig:
+class DiffuRecConfig(DictConfig):
     """Hyperparameters of :class:`DiffuRec`.
 
     Attributes:
@@ -158,14 +159,6 @@ class DiffuRecConfig:
                              f"got {self.reverse_variance!r}")
         if self.mse_weight < 0:
             raise ValueError(f"mse_weight must be >= 0, got {self.mse_weight}")
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "DiffuRecConfig":
-        """Inverse of :meth:`to_dict` (nested dicts and JSON lists accepted)."""
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 @tf.keras.utils.register_keras_serializable(package="t2diff")

@@ -56,10 +56,11 @@ import tensorflow as tf
 from t2diff_tf import features as F
 from t2diff_tf.layers.attention import masked_softmax
 from t2diff_tf.models.base import FULL_SOFTMAX, Features, LossConfig, RetrievalModel, feed_forward
+from t2diff_tf.models.config import DictConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class FITConfig:
+class FITConfig(DictConfig):
     """Hyperparameters of :class:`FIT`.
 
     Attributes:
@@ -112,14 +113,6 @@ class FITConfig:
             raise ValueError("temperature_decay_steps must be >= 0")
         if self.loss.kind != FULL_SOFTMAX:
             raise ValueError(f"FIT trains with the full softmax only, got {self.loss.kind!r}")
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "FITConfig":
-        """Inverse of ``dataclasses.asdict`` (nested dicts and JSON lists accepted)."""
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 @tf.keras.utils.register_keras_serializable(package="t2diff")

@@ -43,18 +43,19 @@ Simplified / adapted:
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
 from t2diff_tf import features as F
 from t2diff_tf.layers.mamba import SCAN_METHODS, MambaEncoder
+from t2diff_tf.models.config import DictConfig
 from t2diff_tf.models.sequential import NextItemModel
 
 
 @dataclasses.dataclass(frozen=True)
-class Mamba4RecConfig:
+class Mamba4RecConfig(DictConfig):
     """Hyperparameters of :class:`Mamba4Rec` (defaults: the authors' ``config.yaml``).
 
     Attributes:
@@ -90,13 +91,6 @@ class Mamba4RecConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.scan not in SCAN_METHODS:
             raise ValueError(f"scan must be one of {SCAN_METHODS}, got {self.scan!r}")
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "Mamba4RecConfig":
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 class Mamba4Rec(NextItemModel):

@@ -18,10 +18,11 @@ import tensorflow as tf
 from t2diff_tf import features as F
 from t2diff_tf.layers.causal_transformer import CausalTransformer
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel
+from t2diff_tf.models.config import DictConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class SequentialConfig:
+class SequentialConfig(DictConfig):
     """Hyperparameters of :class:`SASRec` and :class:`GRU4Rec`.
 
     Attributes:
@@ -37,13 +38,6 @@ class SequentialConfig:
     num_heads: int = 1
     dropout: float = 0.2
     all_positions: bool = True
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "SequentialConfig":
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 class NextItemModel(RetrievalModel):

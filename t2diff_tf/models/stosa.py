@@ -66,11 +66,12 @@ from t2diff_tf.layers.items import ItemRepresentation
 from t2diff_tf.layers.wasserstein_attention import (StochasticTransformer, covariance_sqrt,
                                                     positive_covariance, squared_wasserstein)
 from t2diff_tf.models.base import Features
+from t2diff_tf.models.config import DictConfig
 from t2diff_tf.models.sequential import NextItemModel
 
 
 @dataclasses.dataclass(frozen=True)
-class STOSAConfig:
+class STOSAConfig(DictConfig):
     """Hyperparameters of :class:`STOSA`.
 
     Attributes:
@@ -110,13 +111,6 @@ class STOSAConfig:
             tf.keras.activations.get(self.activation)
         except ValueError as error:
             raise ValueError(f"unknown activation {self.activation!r}") from error
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "STOSAConfig":
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 def user_score_vectors(mean: tf.Tensor, covariance: tf.Tensor) -> tf.Tensor:

@@ -32,10 +32,11 @@ from t2diff_tf.layers.attention import SessionEncoder, TargetAttention
 from t2diff_tf.layers.diffusion import DiffusionConfig, DriftDiffusion
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel, feed_forward
 from t2diff_tf.models.behaviours import BehaviourMasks, behaviour_masks
+from t2diff_tf.models.config import DictConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class T2DiffConfig:
+class T2DiffConfig(DictConfig):
     """Hyperparameters of :class:`T2Diff`.
 
     Attributes:
@@ -77,14 +78,6 @@ class T2DiffConfig:
             raise ValueError("encoder_layers and encoder_heads must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "T2DiffConfig":
-        """Inverse of ``dataclasses.asdict`` (nested dicts and JSON lists accepted)."""
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 class T2Diff(RetrievalModel):

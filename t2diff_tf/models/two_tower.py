@@ -15,10 +15,11 @@ import tensorflow as tf
 from t2diff_tf import features as F
 from t2diff_tf.layers.attention import masked_mean
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel, feed_forward
+from t2diff_tf.models.config import DictConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class TwoTowerConfig:
+class TwoTowerConfig(DictConfig):
     """Hyperparameters of :class:`MeanPoolTwoTower`.
 
     Attributes:
@@ -40,13 +41,6 @@ class TwoTowerConfig:
             object.__setattr__(self, name, tuple(int(u) for u in getattr(self, name)))
         if self.embedding_dim < 1:
             raise ValueError("embedding_dim must be >= 1")
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "TwoTowerConfig":
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 class MeanPoolTwoTower(RetrievalModel):
