@@ -166,11 +166,17 @@ class RetrievalModel(tfrs.Model, abc.ABC):
 
     def compute_loss(self, features: Features, training: bool = False) -> tf.Tensor:
         query, auxiliary = self.user_tower(features, training=training)
-        tower = self.tower_loss(query, features[F.TARGET])
+        return self.total_loss(self.tower_loss(query, features[F.TARGET]), auxiliary)
+
+    def total_loss(self, tower: tf.Tensor, auxiliary=0.0) -> tf.Tensor:
+        """``tower + auxiliary``, tracked as ``tower_loss`` / ``auxiliary_loss``, scaled for the
+        distribution strategy. Every ``compute_loss`` ends here.
+
+        Under a strategy the replicas' gradients are summed, so the loss is divided by the
+        number of replicas: the update is that of the mean over the global batch.
+        """
         self.tower_loss_tracker.update_state(tower)
         self.auxiliary_loss_tracker.update_state(auxiliary)
-        # Under a distribution strategy the replicas' gradients are summed: scale so that the
-        # update is that of the mean over the global batch.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         return (tower + auxiliary) / float(replicas)
 
@@ -203,8 +209,9 @@ class RetrievalModel(tfrs.Model, abc.ABC):
     # -- helpers --------------------------------------------------------------------------------
 
     def model_config(self) -> Dict[str, object]:
-        """A JSON-friendly description (configuration and data shapes) for manifests."""
-        return {
+        """A JSON-friendly description (configuration and data shapes) for manifests; the
+        model's own configuration (``self.config``, when it has one) under ``"config"``."""
+        description = {
             "class": type(self).__name__,
             "num_items": self.num_items,
             "embedding_dim": self.embedding_dim,
@@ -212,6 +219,10 @@ class RetrievalModel(tfrs.Model, abc.ABC):
             "example_spec": dataclasses.asdict(self.example_spec),
             "loss": dataclasses.asdict(self.loss_config),
         }
+        config = getattr(self, "config", None)
+        if dataclasses.is_dataclass(config):
+            description["config"] = dataclasses.asdict(config)
+        return description
 
 
 class QueryTower(tf.keras.Model):

@@ -36,7 +36,7 @@ per-row choice inside each batch instead.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -191,12 +191,4 @@ class BERT4Rec(RetrievalModel):
 
     def compute_loss(self, features: Features, training: bool = False) -> tf.Tensor:
         loss = self.masked_item_loss(features, training=training)
-        self.tower_loss_tracker.update_state(loss)
-        self.auxiliary_loss_tracker.update_state(0.0)
-        # Replicas' gradients are summed under a distribution strategy (see the base class).
-        return loss / float(tf.distribute.get_strategy().num_replicas_in_sync)
-
-    def model_config(self) -> Dict[str, object]:
-        description = super().model_config()
-        description["config"] = self.config.to_dict()
-        return description
+        return self.total_loss(loss)

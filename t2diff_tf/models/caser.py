@@ -183,8 +183,3 @@ class Caser(RetrievalModel):
         """``e_u = phi_a(W Dropout(concat(o, o')) + b)`` ``[batch, d]`` from the history only."""
         convolved = self.convolutions(self.sequence_image(features[F.HISTORY]))
         return self.user_dense(self.dropout(convolved, training=training)), tf.constant(0.0)
-
-    def model_config(self) -> Dict[str, object]:
-        description = super().model_config()
-        description["config"] = self.config.to_dict()
-        return description

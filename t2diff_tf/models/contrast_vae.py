@@ -351,13 +351,4 @@ class ContrastVAE(RetrievalModel):
         auxiliary = self.kl_weight() * kl + self.config.contrastive_weight * contrastive
         if training:
             self.train_steps.assign_add(1)
-        self.tower_loss_tracker.update_state(reconstruction)
-        self.auxiliary_loss_tracker.update_state(auxiliary)
-        # Replicas' gradients are summed under a distribution strategy (see the base class).
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return (reconstruction + auxiliary) / float(replicas)
-
-    def model_config(self) -> Dict[str, object]:
-        description = super().model_config()
-        description["config"] = self.config.to_dict()
-        return description
+        return self.total_loss(reconstruction, auxiliary)

@@ -285,15 +285,7 @@ class DAT(RetrievalModel):
         query, losses = self._forward(features, training)
         auxiliary = self._weighted(losses)
         tower = self.tower_loss(query, features[F.TARGET])
-        self.tower_loss_tracker.update_state(tower)
-        self.auxiliary_loss_tracker.update_state(auxiliary)
         self.user_mimic_tracker.update_state(losses[USER_MIMIC])
         self.item_mimic_tracker.update_state(losses[ITEM_MIMIC])
         self.category_alignment_tracker.update_state(losses[CATEGORY_ALIGNMENT])
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return (tower + auxiliary) / float(replicas)
-
-    def model_config(self) -> Dict[str, object]:
-        description = super().model_config()
-        description["config"] = self.config.to_dict()
-        return description
+        return self.total_loss(tower, auxiliary)

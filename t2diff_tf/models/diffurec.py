@@ -418,12 +418,4 @@ class DiffuRec(RetrievalModel):
         query, auxiliary = self.user_tower(features, training=training, steps=steps,
                                            noise=noise, scale=scale)
         tower = self.tower_loss(query, features[F.TARGET])
-        self.tower_loss_tracker.update_state(tower)
-        self.auxiliary_loss_tracker.update_state(auxiliary)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return (tower + auxiliary) / float(replicas)
-
-    def model_config(self) -> Dict[str, object]:
-        description = super().model_config()
-        description["config"] = self.config.to_dict()
-        return description
+        return self.total_loss(tower, auxiliary)

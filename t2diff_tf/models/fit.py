@@ -407,14 +407,10 @@ class FIT(RetrievalModel):
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target - 1, logits))
         if training:
             self.train_steps.assign_add(1)
-        self.tower_loss_tracker.update_state(loss)
-        self.auxiliary_loss_tracker.update_state(0.0)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return loss / float(replicas)
+        return self.total_loss(loss)
 
     def model_config(self) -> Dict[str, object]:
         description = super().model_config()
-        description["config"] = self.config.to_dict()
         description["query_dim"] = self.config.num_meta_queries * self.embedding_dim
         return description
 

@@ -10,7 +10,7 @@ behaviour), scored against the item tower like every model of the registry.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -82,15 +82,8 @@ class NextItemModel(RetrievalModel):
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
             tf.boolean_mask(labels, valid) - 1, logits)
         loss = tf.reduce_mean(losses)
-        self.tower_loss_tracker.update_state(loss)
-        self.auxiliary_loss_tracker.update_state(0.0)
-        # As in RetrievalModel.compute_loss: replicas' gradients are summed.
-        return loss / float(tf.distribute.get_strategy().num_replicas_in_sync)
+        return self.total_loss(loss)
 
-    def model_config(self) -> Dict[str, object]:
-        description = super().model_config()
-        description["config"] = self.config.to_dict()
-        return description
 
 
 class SASRec(NextItemModel):

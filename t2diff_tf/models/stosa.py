@@ -241,10 +241,7 @@ class STOSA(NextItemModel):
                 mean, covariance, positives, self.sample_negatives(positives))
         else:
             auxiliary = tf.constant(0.0)
-        self.tower_loss_tracker.update_state(tower)
-        self.auxiliary_loss_tracker.update_state(auxiliary)
-        # As in RetrievalModel.compute_loss: replicas' gradients are summed.
-        return (tower + auxiliary) / float(tf.distribute.get_strategy().num_replicas_in_sync)
+        return self.total_loss(tower, auxiliary)
 
     def model_config(self) -> Dict[str, object]:
         description = super().model_config()

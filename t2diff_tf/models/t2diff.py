@@ -155,8 +155,3 @@ class T2Diff(RetrievalModel):
         trajectory = self.diffusion.predicted_start_trajectory(session, masks.session,
                                                                sampler=sampler, seed=seed)
         return {"z0": z0, "z0_hat": trajectory, "mask": masks.session}
-
-    def model_config(self) -> Dict[str, object]:
-        description = super().model_config()
-        description["config"] = self.config.to_dict()
-        return description

@@ -7,7 +7,7 @@ items, blind to their order -- the baseline T2Diff's cross-interaction is measur
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -63,8 +63,3 @@ class MeanPoolTwoTower(RetrievalModel):
         history = features[F.HISTORY]
         pooled = masked_mean(self.items(history), tf.not_equal(history, F.PADDING_ID))
         return self.user_head(pooled), tf.constant(0.0)
-
-    def model_config(self) -> Dict[str, object]:
-        description = super().model_config()
-        description["config"] = self.config.to_dict()
-        return description
