@@ -8,16 +8,10 @@ import tensorflow as tf
 from t2diff_tf import features as F
 from t2diff_tf.layers.bidirectional_transformer import BidirectionalTransformer
 from t2diff_tf.models.bert4rec import BERT4Rec, BERT4RecConfig
+from tests.t2diff_tf.models.reference import two_windows
 
 SPEC = F.ExampleSpec(history_length=6)
 
-
-def _batch():
-    history = np.array([[0, 0, 3, 5, 2, 7], [1, 2, 3, 4, 5, 6]], np.int64)
-    return {F.HISTORY: tf.constant(history),
-            F.HISTORY_TIME_LAG: tf.ones_like(history), F.HISTORY_SESSION: tf.zeros_like(history),
-            F.SESSION_LENGTH: tf.constant([4, 6], tf.int64),
-            F.TARGET: tf.constant([9, 8], tf.int64)}
 
 
 def _model(**overrides):
@@ -25,7 +19,7 @@ def _model(**overrides):
     return BERT4Rec(config, num_items=10, example_spec=SPEC)
 
 
-# Cloze sequence of _batch(): [[0, 3, 5, 2, 7, 9], [2, 3, 4, 5, 6, 8]].
+# Cloze sequence of two_windows(): [[0, 3, 5, 2, 7, 9], [2, 3, 4, 5, 6, 8]].
 FIXED_MASK = np.array([[True, False, True, False, False, True],     # padding: ignored
                        [False, True, False, False, True, False]])
 
@@ -113,7 +107,7 @@ def _closed_form_loss(model, features, mask):
 
 def test_loss_is_the_mean_softmax_over_exactly_the_masked_positions():
     model = _model()
-    features = _batch()
+    features = two_windows()
     loss = float(model.masked_item_loss(features, masked=tf.constant(FIXED_MASK)))
     expected, count = _closed_form_loss(model, features, FIXED_MASK)
     assert count == 4  # the padded position of row 0 is not predicted
@@ -128,7 +122,7 @@ def test_loss_is_the_mean_softmax_over_exactly_the_masked_positions():
 
 def test_training_loss_uses_a_drawn_mask():
     model = _model(next_item_probability=0.0, mask_probability=1.0)
-    features = _batch()
+    features = two_windows()
     # rho = 1: every valid position is masked.
     every = np.concatenate([features[F.HISTORY].numpy()[:, 1:],
                             features[F.TARGET].numpy()[:, None]], axis=1) != 0
@@ -140,7 +134,7 @@ def test_training_loss_uses_a_drawn_mask():
 
 def test_masked_items_and_padding_are_never_inputs():
     model = _model()
-    features = _batch()
+    features = two_windows()
     tokens = model.cloze_sequence(features).numpy()
     mask = FIXED_MASK & (tokens != 0)
     states = model.encode(tf.constant(tokens), tf.constant(mask)).numpy()
@@ -165,7 +159,7 @@ def test_masked_items_and_padding_are_never_inputs():
 
 def test_user_embedding_is_the_output_at_an_appended_mask():
     model = _model()
-    features = _batch()
+    features = two_windows()
     e_u = model.query_embeddings(features).numpy()
     history = features[F.HISTORY].numpy()
     # Whatever item sits at the appended position, it is [MASK]ed: e.g. the target itself.

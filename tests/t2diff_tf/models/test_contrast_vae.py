@@ -8,17 +8,11 @@ import tensorflow as tf
 from t2diff_tf import features as F
 from t2diff_tf.models.contrast_vae import (ContrastVAE, ContrastVAEConfig, GaussianPosterior,
                                            gaussian_kl, info_nce)
+from tests.t2diff_tf.models.reference import next_item_softmax_loss, two_windows
 
 SPEC = F.ExampleSpec(history_length=6)
 NUM_ITEMS = 10
 
-
-def _batch():
-    history = np.array([[0, 0, 3, 5, 2, 7], [1, 2, 3, 4, 5, 6]], np.int64)
-    return {F.HISTORY: tf.constant(history),
-            F.HISTORY_TIME_LAG: tf.ones_like(history), F.HISTORY_SESSION: tf.zeros_like(history),
-            F.SESSION_LENGTH: tf.constant([4, 6], tf.int64),
-            F.TARGET: tf.constant([9, 8], tf.int64)}
 
 
 def _model(**overrides):
@@ -108,24 +102,12 @@ def test_config_validation_and_round_trip():
 # -- the ContrastELBO ------------------------------------------------------------------------------
 
 def _np_reconstruction(model, states, features):
-    corpus = model.corpus_embeddings().numpy()
-    history = features[F.HISTORY].numpy()
-    labels = np.concatenate([history[:, 1:], features[F.TARGET].numpy()[:, None]], axis=1)
-    losses = []
-    for b in range(history.shape[0]):
-        for t in range(history.shape[1]):
-            if history[b, t] == 0:
-                continue
-            logits = corpus @ states[b, t]
-            logits = logits - logits.max()
-            losses.append(-(logits[labels[b, t] - 1] - np.log(np.exp(logits).sum())))
-    assert len(losses) == 10
-    return np.mean(losses)
+    return next_item_softmax_loss(states, model.corpus_embeddings().numpy(), features)
 
 
 def test_training_terms_are_the_two_view_contrast_elbo():
     model = _model(temperature=0.7)
-    features = _batch()
+    features = two_windows()
     noise = (tf.random.normal([2, 6, 8], seed=5), tf.random.normal([2, 6, 8], seed=6))
     reconstruction, kl, contrastive = model.contrast_elbo(features, training=True, noise=noise)
     valid = features[F.HISTORY].numpy() != 0
@@ -146,7 +128,7 @@ def test_training_terms_are_the_two_view_contrast_elbo():
 
 def test_loss_weights_the_terms_and_evaluation_is_one_deterministic_view():
     model = _model(kl_weight=0.5, contrastive_weight=0.25)
-    features = _batch()
+    features = two_windows()
     model.train_steps.assign(4)  # beta = 0.5 * 4 / 10
     view = model.view(features[F.HISTORY])
     expected = _np_reconstruction(model, view.states.numpy(), features) + 0.2 * _np_kl(
@@ -170,12 +152,12 @@ def test_kl_weight_warms_up_linearly_and_is_saved_with_the_weights(tmp_path):
     model.train_steps.assign(0)
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
     for _ in range(3):  # eager Keras steps (Model.fit is exercised by the order task below)
-        model.train_step(_batch())
+        model.train_step(two_windows())
     assert int(model.train_steps.numpy()) == 3  # one per training step
     assert float(model.kl_weight()) == pytest.approx(0.4 * 3 / 8)
     model.save_weights(str(tmp_path / "weights"))
     restored = _model(kl_weight=0.4, kl_warmup_steps=8)
-    restored.compute_loss(_batch())  # builds the layers
+    restored.compute_loss(two_windows())  # builds the layers
     restored.load_weights(str(tmp_path / "weights"))
     assert int(restored.train_steps.numpy()) == 3
     constant = _model(kl_weight=0.3, kl_warmup_steps=0)
@@ -186,7 +168,7 @@ def test_kl_weight_warms_up_linearly_and_is_saved_with_the_weights(tmp_path):
 
 def test_user_embedding_is_the_decoded_posterior_mean_and_deterministic():
     model = _model(dropout=0.3)  # dropout and sampling are off at inference
-    features = _batch()
+    features = two_windows()
     e_u = model.query_embeddings(features).numpy()
     np.testing.assert_array_equal(model.query_embeddings(features).numpy(), e_u)
     view = model.view(features[F.HISTORY])
@@ -203,7 +185,7 @@ def test_user_embedding_is_the_decoded_posterior_mean_and_deterministic():
 
 def test_left_padding_and_the_padding_vector_change_nothing():
     model = _model()
-    features = _batch()
+    features = two_windows()
     e_u = model.query_embeddings(features).numpy()
     loss = float(model.compute_loss(features))
     # The first row without (some of) its left padding: positions are aligned on the right.

@@ -6,44 +6,27 @@ import tensorflow as tf
 
 from t2diff_tf import features as F
 from t2diff_tf.models.registry import build_model
+from tests.t2diff_tf.models.reference import next_item_softmax_loss, two_windows
 
 SPEC = F.ExampleSpec(history_length=6)
 
-
-def _batch():
-    history = np.array([[0, 0, 3, 5, 2, 7], [1, 2, 3, 4, 5, 6]], np.int64)
-    return {F.HISTORY: tf.constant(history),
-            F.HISTORY_TIME_LAG: tf.ones_like(history), F.HISTORY_SESSION: tf.zeros_like(history),
-            F.SESSION_LENGTH: tf.constant([4, 6], tf.int64),
-            F.TARGET: tf.constant([9, 8], tf.int64)}
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
 def test_loss_is_the_mean_softmax_over_every_valid_position(name):
     model = build_model(name, {"embedding_dim": 8, "dropout": 0.0}, num_items=10,
                         example_spec=SPEC)
-    features = _batch()
+    features = two_windows()
     loss = float(model.compute_loss(features, training=False))
     states = model._states(features[F.HISTORY], training=False).numpy()
-    corpus = model.corpus_embeddings().numpy()
-    history = features[F.HISTORY].numpy()
-    labels = np.concatenate([history[:, 1:], features[F.TARGET].numpy()[:, None]], axis=1)
-    losses = []
-    for b in range(2):
-        for t in range(6):
-            if history[b, t] == 0:
-                continue
-            logits = corpus @ states[b, t]
-            logits = logits - logits.max()
-            losses.append(-(logits[labels[b, t] - 1] - np.log(np.exp(logits).sum())))
-    assert len(losses) == 10
-    assert loss == pytest.approx(np.mean(losses), rel=1e-4)
+    assert loss == pytest.approx(
+        next_item_softmax_loss(states, model.corpus_embeddings().numpy(), features), rel=1e-4)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
 def test_user_embedding_is_the_last_state(name):
     model = build_model(name, {"embedding_dim": 8}, num_items=10, example_spec=SPEC)
-    features = _batch()
+    features = two_windows()
     e_u = model.query_embeddings(features).numpy()
     states = model._states(features[F.HISTORY], training=False).numpy()
     np.testing.assert_allclose(e_u, states[:, -1], atol=1e-6)

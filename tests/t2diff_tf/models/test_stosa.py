@@ -9,16 +9,10 @@ from t2diff_tf.layers.wasserstein_attention import (StochasticTransformer, Wasse
                                                     pairwise_squared_wasserstein,
                                                     squared_wasserstein)
 from t2diff_tf.models.stosa import STOSA, STOSAConfig
+from tests.t2diff_tf.models.reference import two_windows
 
 SPEC = F.ExampleSpec(history_length=6)
 
-
-def _batch():
-    history = np.array([[0, 0, 3, 5, 2, 7], [1, 2, 3, 4, 5, 6]], np.int64)
-    return {F.HISTORY: tf.constant(history),
-            F.HISTORY_TIME_LAG: tf.ones_like(history), F.HISTORY_SESSION: tf.zeros_like(history),
-            F.SESSION_LENGTH: tf.constant([4, 6], tf.int64),
-            F.TARGET: tf.constant([9, 8], tf.int64)}
 
 
 def _model(**overrides):
@@ -105,7 +99,7 @@ def test_layers_config_round_trip():
 
 def test_inner_product_scores_are_the_negative_wasserstein_distance():
     model = _model()
-    features = _batch()
+    features = two_windows()
     e_u = model.query_embeddings(features).numpy()
     corpus = model.corpus_embeddings().numpy()
     assert e_u.shape == (2, 17) and corpus.shape == (10, 17)
@@ -125,7 +119,7 @@ def test_inner_product_scores_are_the_negative_wasserstein_distance():
 
 def test_target_is_never_an_input_and_the_user_is_the_last_position():
     model = _model()
-    features = _batch()
+    features = two_windows()
     e_u = model.query_embeddings(features).numpy()
     states = model._states(features[F.HISTORY], training=False).numpy()
     np.testing.assert_allclose(e_u, states[:, -1], atol=1e-6)
@@ -170,7 +164,7 @@ def test_negatives_are_uniform_items_other_than_the_positive():
 def test_loss_is_the_softmax_over_negative_distances_plus_the_pvn_term(pvn_weight):
     model = _model(pvn_weight=pvn_weight)
     model.sample_negatives = lambda positives: positives % 10 + 1  # deterministic negatives
-    features = _batch()
+    features = two_windows()
     loss = float(model.compute_loss(features, training=False))
     mean, cov = (x.numpy() for x in model.sequence_gaussians(features[F.HISTORY]))
     item_mean, item_cov = (x.numpy() for x in model.item_gaussians(model.corpus_ids()))
@@ -199,7 +193,7 @@ def test_loss_is_the_softmax_over_negative_distances_plus_the_pvn_term(pvn_weigh
 
 def test_target_only_loss_uses_the_user_gaussian():
     model = _model(all_positions=False, pvn_weight=0.0)
-    features = _batch()
+    features = two_windows()
     loss = float(model.compute_loss(features, training=False))
     mean, cov = (x.numpy() for x in model.user_gaussian(features))
     item_mean, item_cov = (x.numpy() for x in model.item_gaussians(model.corpus_ids()))
