@@ -61,10 +61,10 @@ def test_run_records_metrics_intervals_cost_and_reverse_steps(tmp_path):
     cosine = t2diff["reverse_step_cosine"]
     assert cosine["steps"] == 10 and len(cosine["mean"]) == 10
     assert all(-1.0 <= v <= 1.0 for v in cosine["samples"]["10"])
-    # The same weights ranked by both samplers (T = 10 here, so the fast sampler has S = 10).
+    # The same weights ranked by the full chain and the fast sampler at S = 5 and S = T = 10.
     assert two_tower["sampler_comparison"] is None
     samplers = t2diff["sampler_comparison"]
-    assert set(samplers) == {"full", "fast_S10"}
+    assert set(samplers) == {"full", "fast_S5", "fast_S10"}
     for values in samplers.values():
         assert 0.0 <= values["recall@20"] <= 1.0 and values["ms_per_user_batch_256"] > 0
     harness = load_harness()
