@@ -104,7 +104,7 @@ def _float_mask(mask: Optional[tf.Tensor], like: tf.Tensor) -> tf.Tensor:
     return tf.cast(mask, like.dtype)
 
 
-def _normal(shape, seed: Optional[tf.Tensor], offset) -> tf.Tensor:
+def seeded_normal(shape, seed: Optional[tf.Tensor], offset) -> tf.Tensor:
     """``N(0, 1)`` noise; stateless (reproducible) when ``seed`` (``[2]`` int) is given."""
     if seed is None:
         return tf.random.normal(shape)
@@ -218,7 +218,7 @@ class DriftDiffusion(tf.keras.layers.Layer):
         """
         shape = tf.shape(behaviours)
         batch = shape[0]
-        z = _normal(shape, seed, 0)
+        z = seeded_normal(shape, seed, 0)
         trajectory = tf.TensorArray(behaviours.dtype, size=self.num_steps)
         z0_hat = tf.zeros_like(behaviours)
 
@@ -227,7 +227,7 @@ class DriftDiffusion(tf.keras.layers.Layer):
             steps = tf.fill([batch], t)
             z0_hat = self.predict_start(z, behaviours, steps, mask)
             mean, log_var = self.posterior(z0_hat, z, steps)
-            noise = _normal(shape, seed, t)
+            noise = seeded_normal(shape, seed, t)
             keep = tf.cast(t > 1, z.dtype)  # no noise on the last step
             z = mean + keep * tf.exp(0.5 * log_var) * noise
             # Keep the loop variables' static shapes (a static batch must stay static).
@@ -265,7 +265,7 @@ class DriftDiffusion(tf.keras.layers.Layer):
         if seed is None:
             z = tf.zeros_like(behaviours)
         else:
-            z = _normal(shape, seed, 0)
+            z = seeded_normal(shape, seed, 0)
         trajectory = []
         for index, t in enumerate(visits):  # S is small: a static loop
             t_next = int(visits[index + 1]) if index + 1 < len(visits) else 0

@@ -67,7 +67,7 @@ import tensorflow as tf
 
 from t2diff_tf import features as F
 from t2diff_tf.layers.attention import SessionEncoder
-from t2diff_tf.layers.diffusion import _normal
+from t2diff_tf.layers.diffusion import seeded_normal
 from t2diff_tf.layers.schedules import LINEAR, NoiseSchedule, ScheduleConfig
 from t2diff_tf.layers.unet import sinusoidal_step_embedding
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel
@@ -303,7 +303,7 @@ class DiffuRec(RetrievalModel):
         mean = tf.constant(self.config.lambda_mean, tf.float32)
         if not stochastic or self.config.lambda_std == 0:
             return mean
-        return mean + self.config.lambda_std * _normal(shape, seed, offset)
+        return mean + self.config.lambda_std * seeded_normal(shape, seed, offset)
 
     def posterior(self, x0_hat: tf.Tensor, noised: tf.Tensor, steps: tf.Tensor
                   ) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -357,7 +357,7 @@ class DiffuRec(RetrievalModel):
         batch = tf.shape(vectors)[0]
         shape = tf.shape(vectors[:, -1, :])
         static_shape = vectors[:, -1, :].shape
-        x = _normal(shape, seed, 0) if stochastic else tf.zeros_like(vectors[:, -1, :])
+        x = seeded_normal(shape, seed, 0) if stochastic else tf.zeros_like(vectors[:, -1, :])
         x0_hat = tf.zeros_like(x)
         if not self.approximator.built:
             # Variables cannot be created inside the loop: build with one call before it.
@@ -373,7 +373,7 @@ class DiffuRec(RetrievalModel):
             mean, log_var = self.posterior(x0_hat, x, steps)
             if stochastic:
                 keep = tf.cast(r > 1, x.dtype)  # no noise on the last step
-                x = mean + keep * tf.exp(0.5 * log_var) * _normal(shape, seed, r)
+                x = mean + keep * tf.exp(0.5 * log_var) * seeded_normal(shape, seed, r)
             else:
                 x = mean
             x = tf.ensure_shape(x, static_shape)

@@ -10,7 +10,7 @@ behaviour), scored against the item tower like every model of the registry.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Optional, Protocol, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -40,10 +40,18 @@ class SequentialConfig(DictConfig):
     all_positions: bool = True
 
 
+class NextItemConfig(Protocol):
+    """What :class:`NextItemModel` reads of its subclass's config (:class:`SequentialConfig`,
+    ``Mamba4RecConfig``, ``STOSAConfig``, ...)."""
+
+    embedding_dim: int
+    all_positions: bool
+
+
 class NextItemModel(RetrievalModel):
     """Base of the sequence baselines: subclasses define :meth:`encode`."""
 
-    def __init__(self, config: SequentialConfig, *, num_items: int,
+    def __init__(self, config: NextItemConfig, *, num_items: int,
                  item_features: Optional[np.ndarray] = None,
                  item_frequencies: Optional[np.ndarray] = None,
                  example_spec: F.ExampleSpec = F.ExampleSpec(), name: Optional[str] = None):
