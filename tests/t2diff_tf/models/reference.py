@@ -28,3 +28,9 @@ def next_item_softmax_loss(states: np.ndarray, corpus: np.ndarray, features) -> 
         losses.append(np.log(np.exp(logits).sum()) - logits[labels[b, t] - 1])
     assert len(losses) == int((history > 0).sum())
     return float(np.mean(losses))
+
+
+def squared_wasserstein_numpy(mean1, cov1, mean2, cov2):
+    """Squared 2-Wasserstein distance between diagonal Gaussians (numpy, broadcast)."""
+    return (((mean1 - mean2) ** 2).sum(-1)
+            + ((np.sqrt(cov1) - np.sqrt(cov2)) ** 2).sum(-1))
