@@ -10,7 +10,9 @@ User tower (paper Section 4), for a window ``history`` ``[batch, L]`` with ``ses
    (:class:`~t2diff_tf.layers.diffusion.DriftDiffusion`; training: ``L_KL`` from the target).
 3. ``h_s = SessionEncoder(concat([X_session, x_hat]))`` ``[batch, d]``.
 4. ``h_l = TargetAttention(X_long, h_s, time lags)`` ``[batch, d]``.
-5. ``e_u = FFN(concat([h_l, h_s]))`` ``[batch, d]``.
+5. ``e_u = FFN(concat([h_l, h_s]))`` ``[batch, d]``; with ``direct_x_hat`` (ours, not the
+   paper's) ``e_u = FFN(concat([h_l, h_s, x_hat]))``, a route from the generated next behaviour to
+   ``e_u`` that the session encoder's mean pooling does not dilute.
 
 Item tower: ``e_i = FFN(v(i))``. Loss: ``L_tower + lambda * L_KL``.
 
@@ -29,7 +31,7 @@ import tensorflow as tf
 
 from t2diff_tf import features as F
 from t2diff_tf.layers.attention import SessionEncoder, TargetAttention
-from t2diff_tf.layers.diffusion import DiffusionConfig, DriftDiffusion
+from t2diff_tf.layers.diffusion import INFERENCE_SAMPLER, DiffusionConfig, DriftDiffusion
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel, feed_forward
 from t2diff_tf.models.behaviours import BehaviourMasks, behaviour_masks
 from t2diff_tf.models.config import DictConfig
@@ -51,6 +53,9 @@ class T2DiffConfig(DictConfig):
       user_tower_units: hidden widths of the final user FFN.
       item_tower_units: hidden widths of the item tower.
       loss: the tower loss.
+      direct_x_hat: also feed ``x_hat`` to the user FFN (not in the paper). Needs
+        ``diffusion.training_x_hat = "inference_sampler"``: the authors' one-step denoise of the
+        noised target would hand the target itself to ``e_u`` in training.
     """
 
     embedding_dim: int = 64
@@ -64,6 +69,7 @@ class T2DiffConfig(DictConfig):
     user_tower_units: Tuple[int, ...] = (128,)
     item_tower_units: Tuple[int, ...] = (128,)
     loss: LossConfig = LossConfig()
+    direct_x_hat: bool = False
 
     def __post_init__(self):
         if isinstance(self.diffusion, dict):
@@ -78,6 +84,10 @@ class T2DiffConfig(DictConfig):
             raise ValueError("encoder_layers and encoder_heads must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.direct_x_hat and (self.diffusion is None
+                                  or self.diffusion.training_x_hat != INFERENCE_SAMPLER):
+            raise ValueError("direct_x_hat needs a diffusion with training_x_hat="
+                             f"{INFERENCE_SAMPLER!r} (the one-step denoise leaks the target)")
 
 
 class T2Diff(RetrievalModel):
@@ -125,6 +135,7 @@ class T2Diff(RetrievalModel):
         session = vectors[:, -self.session_size:]
         sequence, sequence_mask = session, masks.session
         auxiliary = tf.constant(0.0)
+        x_hat = None
         if self.diffusion is not None:
             target = features.get(F.TARGET)
             target_vectors = self.items(target) if target is not None else None
@@ -137,7 +148,8 @@ class T2Diff(RetrievalModel):
         h_s = self.session_encoder(sequence, mask=sequence_mask, training=training)
         h_l = self.target_attention(vectors, h_s, mask=masks.long_term,
                                     time_lag=features.get(F.HISTORY_TIME_LAG))
-        return self.user_head(tf.concat([h_l, h_s], axis=-1)), auxiliary
+        parts = [h_l, h_s] + ([x_hat] if self.config.direct_x_hat else [])
+        return self.user_head(tf.concat(parts, axis=-1)), auxiliary
 
     def drift_trajectory(self, features: Features, sampler: Optional[str] = None,
                          seed: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:

@@ -219,6 +219,38 @@ def test_inference_sampler_and_ablation_switches():
     assert trajectory["mask"].shape == (6, 5)
 
 
+def test_direct_x_hat_reaches_the_user_head_and_needs_a_leak_free_x_hat():
+    leak_free = dataclasses.replace(DIFFUSION, training_x_hat="inference_sampler", sampler="fast")
+    with pytest.raises(ValueError, match="direct_x_hat"):
+        dataclasses.replace(CONFIG, direct_x_hat=True)  # one-step denoise: leaks the target
+    with pytest.raises(ValueError, match="direct_x_hat"):
+        dataclasses.replace(CONFIG, diffusion=None, direct_x_hat=True)
+    config = dataclasses.replace(CONFIG, diffusion=leak_free, direct_x_hat=True)
+    assert T2DiffConfig.from_dict(config.to_dict()) == config
+    model = _t2diff(config)
+    windows = {k: tf.constant(v) for k, v in _windows().items()}
+    model.query_embeddings(windows)
+    d = CONFIG.embedding_dim
+    assert model.user_head.layers[0].kernel.shape == (3 * d, 32)  # [h_l, h_s, x_hat]
+    # x_hat reaches e_u through the head's last d input rows: zeroing them changes e_u.
+    x_hat, _ = model.diffusion(model.items(windows[F.HISTORY])[:, -5:],
+                               mask=behaviour_masks(windows[F.HISTORY],
+                                                    windows[F.SESSION_LENGTH], 5).session)
+    assert float(tf.reduce_max(tf.abs(x_hat))) > 0
+    before = model.query_embeddings(windows).numpy()
+    kernel = model.user_head.layers[0].kernel
+    kernel.assign(tf.concat([kernel[:2 * d], tf.zeros_like(kernel[2 * d:])], axis=0))
+    after = model.query_embeddings(windows).numpy()
+    assert np.abs(after - before).max() > 1e-4
+    # Training sees the sampler's x_hat, never the target: the target moves only L_KL.
+    other = dict(windows, **{F.TARGET: tf.reverse(windows[F.TARGET], [0])})
+    tf.keras.utils.set_random_seed(0)
+    e_u, _ = model.user_tower(windows, training=True)
+    tf.keras.utils.set_random_seed(0)
+    e_u_other, _ = model.user_tower(other, training=True)
+    np.testing.assert_allclose(e_u.numpy(), e_u_other.numpy(), atol=1e-6)
+
+
 def test_fit_reduces_the_loss():
     model = _t2diff()
     model.compile(tf.keras.optimizers.Adam(1e-2))
