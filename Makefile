@@ -11,7 +11,7 @@ ML1M ?= ../shared/data/ml-1m
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo preprocess-demo test test-heavy venv benchmark-preprocess benchmark-scann benchmark-ml1m clean
+.PHONY: demo preprocess-demo test test-heavy venv benchmark-preprocess benchmark-scann benchmark-ml1m notebook clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ benchmark-scann: $(STAMP)
 
 benchmark-ml1m: $(STAMP)
 	$(BIN)/python benchmarks/ml1m.py --data-dir $(ML1M) --preset table2
+
+# Re-executes the ablation notebook in place on every benchmarks/results/ml1m*.json.
+notebook: $(STAMP)
+	cd notebooks && ../$(BIN)/jupyter-execute --inplace ablations.ipynb
 
 clean:
 	rm -rf outputs
