@@ -207,6 +207,10 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
         "ms_per_user_batch_256": round(latency_ms_per_user(model, data["test"], 256), 4),
         "reverse_step_cosine": reverse_step_cosine(model, data["test"], seed=seed),
         "sampler_comparison": sampler_comparison(model, data["test"], seed=seed),
+        # Per-user test ranks, for paired comparisons between runs (benchmarks/compare.py).
+        "test_ranks": result.ranks.astype(int).tolist(),
+        "test_users": None if result.groups is None else [
+            u.decode() if isinstance(u, bytes) else str(u) for u in result.groups],
     }
 
 

@@ -13,6 +13,8 @@ target per example:
 Optionally the items already in the example's ``history`` are excluded from the ranking (the
 target itself never is). Reported values are means over examples; the 95% intervals are a
 percentile bootstrap over *users* (each user's examples are resampled together), seeded.
+:func:`paired_difference` compares two models ranked on the same examples: one bootstrap draw
+of users serves both, so the interval of the difference is not the (wider) pair of intervals.
 """
 
 from __future__ import annotations
@@ -101,6 +103,25 @@ def bootstrap_interval(values: np.ndarray, groups: Optional[np.ndarray] = None,
     return float(low), float(high)
 
 
+def paired_difference(values_a: np.ndarray, values_b: np.ndarray,
+                      groups: Optional[np.ndarray] = None, num_resamples: int = 1000,
+                      confidence: float = 0.95, seed: int = 0) -> Tuple[float, float, float]:
+    """``mean(a) - mean(b)`` and its percentile bootstrap interval for per-example values of
+    two models on the same examples (``[n]`` each, aligned), resampling whole ``groups``.
+
+    Returns:
+      ``(difference, low, high)``; an interval above 0 says ``a`` beats ``b`` at that level.
+    """
+    values_a = np.asarray(values_a, dtype=np.float64)
+    values_b = np.asarray(values_b, dtype=np.float64)
+    if values_a.shape != values_b.shape:
+        raise ValueError(f"paired values need the same examples: {values_a.shape} vs "
+                         f"{values_b.shape}")
+    difference = values_a - values_b
+    low, high = bootstrap_interval(difference, groups, num_resamples, confidence, seed)
+    return float(difference.mean()) if difference.size else float("nan"), low, high
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluationResult:
     """Full-corpus metrics of one model on one split.
@@ -114,6 +135,9 @@ class EvaluationResult:
       exclude_history: whether history items were removed from the ranking.
       tie_rule: how ties were ranked.
       confidence: interval level.
+      ranks: ``[num_examples]`` the target's rank in each example, in dataset order (for
+        paired comparisons; not in :meth:`as_dict`).
+      groups: ``[num_examples]`` the example's ``user_id``, or ``None`` without one.
     """
 
     metrics: Dict[str, float]
@@ -124,12 +148,15 @@ class EvaluationResult:
     exclude_history: bool
     tie_rule: str = TIE_RULE
     confidence: float = 0.95
+    ranks: Optional[np.ndarray] = dataclasses.field(default=None, compare=False, repr=False)
+    groups: Optional[np.ndarray] = dataclasses.field(default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> float:
         return self.metrics[name]
 
     def as_dict(self) -> Dict[str, object]:
-        out = dataclasses.asdict(self)
+        out = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+               if field.name not in ("ranks", "groups")}
         out["intervals"] = {k: list(v) for k, v in self.intervals.items()}
         return out
 
@@ -192,4 +219,5 @@ def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
                      for name, values in per_example.items()}
     num_users = len(np.unique(groups)) if groups is not None else len(ranks)
     return EvaluationResult(metrics, intervals, int(len(ranks)), int(num_users),
-                            int(model.num_items), exclude_history, TIE_RULE, confidence)
+                            int(model.num_items), exclude_history, TIE_RULE, confidence,
+                            ranks=ranks, groups=groups)

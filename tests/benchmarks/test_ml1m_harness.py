@@ -28,8 +28,18 @@ def load_harness():
     return module
 
 
-def make_results(tmp_path) -> str:
+def load_compare():
+    spec = importlib.util.spec_from_file_location("ml1m_compare",
+                                                  os.path.join(ROOT, "benchmarks", "compare.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def results_path(tmp_path_factory) -> str:
     """Runs the harness's per-run step on synthetic windows and writes a results file."""
+    tmp_path = tmp_path_factory.mktemp("harness")
     harness = load_harness()
     root = str(tmp_path / "data")
     run_preprocessing(readers.SyntheticLog(SyntheticConfig(num_users=80, num_items=60,
@@ -48,8 +58,8 @@ def make_results(tmp_path) -> str:
     return path
 
 
-def test_run_records_metrics_intervals_cost_and_reverse_steps(tmp_path):
-    with open(make_results(tmp_path)) as f:
+def test_run_records_metrics_intervals_cost_and_reverse_steps(results_path):
+    with open(results_path) as f:
         results = json.load(f)["protocols"]["leave_one_out"]["results"]
     two_tower, t2diff = results
     for r in results:
@@ -71,11 +81,40 @@ def test_run_records_metrics_intervals_cost_and_reverse_steps(tmp_path):
     assert "| T2Diff, T = 10 |" in harness.markdown(results, "leave_one_out")
 
 
-def test_ablation_notebook_executes_on_a_results_file(tmp_path, monkeypatch):
+def test_paired_comparison_of_two_runs(results_path, tmp_path, capsys):
+    compare = load_compare()
+    with open(results_path) as f:
+        two_tower, t2diff = json.load(f)["protocols"]["leave_one_out"]["results"]
+    assert len(t2diff["test_ranks"]) == len(t2diff["test_users"]) == 80
+    result = compare.main([results_path, "T2Diff, T = 10", results_path,
+                           "Two-tower (mean pool)"])
+    assert result["num_examples"] == 80
+    for name in compare.METRICS:
+        r = result[name]
+        # The aligned per-user ranks give back each run's own reported metric.
+        assert r["a"] == pytest.approx(t2diff["metrics"][name])
+        assert r["b"] == pytest.approx(two_tower["metrics"][name])
+        low, high = r["interval"]
+        assert r["difference"] == pytest.approx(r["a"] - r["b"])
+        assert low <= r["difference"] <= high
+    assert "| recall@20 |" in capsys.readouterr().out
+    # A run against itself differs by exactly nothing.
+    same = compare.main([results_path, "T2Diff, T = 10", results_path, "T2Diff, T = 10"])
+    assert same["recall@20"]["interval"] == [0.0, 0.0]
+    # Runs written before the harness recorded ranks are refused by name.
+    old = dict(t2diff, test_ranks=None)
+    path = str(tmp_path / "old.json")
+    with open(path, "w") as f:
+        json.dump({"protocols": {"leave_one_out": {"results": [old]}}}, f)
+    with pytest.raises(SystemExit, match="no per-user test ranks"):
+        compare.main([path, "T2Diff, T = 10", results_path, "T2Diff, T = 10"])
+
+
+def test_ablation_notebook_executes_on_a_results_file(results_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("T2DIFF_RESULTS", make_results(tmp_path))
+    monkeypatch.setenv("T2DIFF_RESULTS", results_path)
     notebook = nbformat.read(os.path.join(ROOT, "notebooks", "ablations.ipynb"), as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()

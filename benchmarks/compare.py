@@ -1,0 +1,111 @@
+"""Paired comparison of two runs of ``benchmarks/ml1m.py`` on the same test users.
+
+    python benchmarks/compare.py RESULTS_A.json "LABEL A" RESULTS_B.json "LABEL B"
+
+Aligns the two runs' per-user test ranks by ``user_id`` and prints, for each metric, the
+difference ``A - B`` with a paired percentile bootstrap interval over users (one draw of users
+serves both runs). Two runs whose own intervals overlap can still differ beyond noise; an
+interval of the difference above 0 says A beats B at that level. Runs written before the harness
+recorded ``test_ranks`` cannot be compared: run them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from t2diff_tf.metrics import paired_difference, ranking_metrics  # noqa: E402
+
+METRICS = ("recall@10", "recall@20", "mrr@20", "ndcg@10")
+
+
+def find_run(path: str, label: str, protocol: Optional[str] = None, seed: int = 0) -> dict:
+    """The run called ``label`` (and ``seed``) in a results file, with its protocol."""
+    with open(path) as f:
+        report = json.load(f)
+    found = [dict(r, protocol=name) for name, block in report["protocols"].items()
+             if protocol in (None, name) for r in block["results"]
+             if r["label"] == label and r["seed"] == seed]
+    if len(found) != 1:
+        labels = sorted({r["label"] for block in report["protocols"].values()
+                         for r in block["results"]})
+        raise SystemExit(f"{path}: {len(found)} runs labelled {label!r} (seed {seed}); "
+                         f"labels: {labels}")
+    run = found[0]
+    if not run.get("test_ranks") or not run.get("test_users"):
+        raise SystemExit(f"{path}: run {label!r} has no per-user test ranks (written before "
+                         f"the harness recorded them); run it again")
+    return run
+
+
+def aligned_ranks(a: dict, b: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both runs' ranks on the users they share, in one order: ``(ranks_a, ranks_b, users)``.
+    Users with several test examples (the paper's windows are one per user) are compared in the
+    order each run listed them."""
+    def by_user(run) -> Dict[str, List[int]]:
+        out: Dict[str, List[int]] = {}
+        for user, rank in zip(run["test_users"], run["test_ranks"]):
+            out.setdefault(user, []).append(rank)
+        return out
+
+    ranks_a, ranks_b = by_user(a), by_user(b)
+    shared = sorted(set(ranks_a) & set(ranks_b))
+    if not shared:
+        raise SystemExit("the two runs share no test users: different splits")
+    rows_a, rows_b, users = [], [], []
+    for user in shared:
+        if len(ranks_a[user]) != len(ranks_b[user]):
+            raise SystemExit(f"user {user} has {len(ranks_a[user])} vs {len(ranks_b[user])} "
+                             "test examples: different splits")
+        rows_a += ranks_a[user]
+        rows_b += ranks_b[user]
+        users += [user] * len(ranks_a[user])
+    return np.array(rows_a), np.array(rows_b), np.array(users)
+
+
+def compare(a: dict, b: dict, num_resamples: int = 1000, seed: int = 0) -> Dict[str, dict]:
+    ranks_a, ranks_b, users = aligned_ranks(a, b)
+    per_a, per_b = ranking_metrics(ranks_a, (10, 20)), ranking_metrics(ranks_b, (10, 20))
+    out = {}
+    for name in METRICS:
+        difference, low, high = paired_difference(per_a[name], per_b[name], users,
+                                                  num_resamples, seed=seed)
+        out[name] = {"a": float(per_a[name].mean()), "b": float(per_b[name].mean()),
+                     "difference": difference, "interval": [low, high]}
+    out["num_examples"] = int(len(users))
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results_a")
+    parser.add_argument("label_a")
+    parser.add_argument("results_b")
+    parser.add_argument("label_b")
+    parser.add_argument("--protocol", default=None)
+    parser.add_argument("--seed", type=int, default=0, help="the runs' training seed")
+    parser.add_argument("--num-resamples", type=int, default=1000)
+    args = parser.parse_args(argv)
+    a = find_run(args.results_a, args.label_a, args.protocol, args.seed)
+    b = find_run(args.results_b, args.label_b, args.protocol, args.seed)
+    result = compare(a, b, args.num_resamples)
+    print(f"A = {args.label_a} ({args.results_a}), B = {args.label_b} ({args.results_b}), "
+          f"{result['num_examples']} shared test examples; paired 95% bootstrap over users")
+    print("| metric | A | B | A - B [95% CI] |\n|---|---|---|---|")
+    for name in METRICS:
+        r = result[name]
+        low, high = r["interval"]
+        print(f"| {name} | {r['a']:.4f} | {r['b']:.4f} | {r['difference']:+.4f} "
+              f"[{low:+.4f}, {high:+.4f}] |")
+    return result
+
+
+if __name__ == "__main__":
+    main()
