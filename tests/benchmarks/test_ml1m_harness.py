@@ -20,17 +20,10 @@ TINY_T2DIFF = {"embedding_dim": 8, "session_size": 4, "attention_units": [8],
                "diffusion": {"schedule": {"num_steps": 10}}}
 
 
-def load_harness():
-    spec = importlib.util.spec_from_file_location("ml1m_harness",
-                                                  os.path.join(ROOT, "benchmarks", "ml1m.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_compare():
-    spec = importlib.util.spec_from_file_location("ml1m_compare",
-                                                  os.path.join(ROOT, "benchmarks", "compare.py"))
+def load_script(name: str):
+    """A ``benchmarks/`` script as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}",
+                                                  os.path.join(ROOT, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -40,7 +33,7 @@ def load_compare():
 def results_path(tmp_path_factory) -> str:
     """Runs the harness's per-run step on synthetic windows and writes a results file."""
     tmp_path = tmp_path_factory.mktemp("harness")
-    harness = load_harness()
+    harness = load_script("ml1m")
     root = str(tmp_path / "data")
     run_preprocessing(readers.SyntheticLog(SyntheticConfig(num_users=80, num_items=60,
                                                            num_clusters=6)),
@@ -77,12 +70,12 @@ def test_run_records_metrics_intervals_cost_and_reverse_steps(results_path):
     assert set(samplers) == {"full", "fast_S5", "fast_S10"}
     for values in samplers.values():
         assert 0.0 <= values["recall@20"] <= 1.0 and values["ms_per_user_batch_256"] > 0
-    harness = load_harness()
+    harness = load_script("ml1m")
     assert "| T2Diff, T = 10 |" in harness.markdown(results, "leave_one_out")
 
 
 def test_paired_comparison_of_two_runs(results_path, tmp_path, capsys):
-    compare = load_compare()
+    compare = load_script("compare")
     with open(results_path) as f:
         two_tower, t2diff = json.load(f)["protocols"]["leave_one_out"]["results"]
     assert len(t2diff["test_ranks"]) == len(t2diff["test_users"]) == 80
