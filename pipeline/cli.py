@@ -3,7 +3,7 @@
     t2diff run                                   # the TFX pipeline on the synthetic demo data
     t2diff preprocess --source synthetic --output outputs/synthetic
     t2diff preprocess --source sequences --input ../shared/data/ml-1m/sequences.txt.gz \\
-        --movies ../shared/data/ml-1m/movies.dat --max-train-windows-per-user 10 \\
+        --movies ../shared/data/ml-1m/movies.dat --max-train-windows-per-user 50 \\
         --output outputs/ml1m
 
 Run ``t2diff <command> --help`` for every option.
