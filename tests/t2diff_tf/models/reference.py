@@ -7,12 +7,13 @@ import tensorflow as tf
 from t2diff_tf import features as F
 
 
-def two_windows():
-    """Two windows of length 6: one left-padded (4 behaviours), one full; targets 9 and 8."""
-    history = np.array([[0, 0, 3, 5, 2, 7], [1, 2, 3, 4, 5, 6]], np.int64)
+def two_windows(history=((0, 0, 3, 5, 2, 7), (1, 2, 3, 4, 5, 6))):
+    """Two windows of length 6, by default one left-padded (4 behaviours) and one full; the
+    session is every valid behaviour; targets 9 and 8."""
+    history = np.array(history, np.int64)
     return {F.HISTORY: tf.constant(history),
             F.HISTORY_TIME_LAG: tf.ones_like(history), F.HISTORY_SESSION: tf.zeros_like(history),
-            F.SESSION_LENGTH: tf.constant([4, 6], tf.int64),
+            F.SESSION_LENGTH: tf.constant((history > 0).sum(axis=1), tf.int64),
             F.TARGET: tf.constant([9, 8], tf.int64)}
 
 

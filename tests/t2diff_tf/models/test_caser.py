@@ -6,16 +6,13 @@ import tensorflow as tf
 
 from t2diff_tf import features as F
 from t2diff_tf.models.caser import Caser, CaserConfig, CaserConvolutions
+from tests.t2diff_tf.models.reference import two_windows
 
 SPEC = F.ExampleSpec(history_length=6)
 
 
 def _batch():
-    history = np.array([[0, 0, 0, 0, 3, 5], [1, 2, 3, 4, 5, 6]], np.int64)
-    return {F.HISTORY: tf.constant(history),
-            F.HISTORY_TIME_LAG: tf.ones_like(history), F.HISTORY_SESSION: tf.zeros_like(history),
-            F.SESSION_LENGTH: tf.constant([2, 6], tf.int64),
-            F.TARGET: tf.constant([9, 8], tf.int64)}
+    return two_windows([[0, 0, 0, 0, 3, 5], [1, 2, 3, 4, 5, 6]])
 
 
 def _model(**overrides):
