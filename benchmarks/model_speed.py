@@ -12,7 +12,8 @@ behaviours, a session of ``k = 10``, ``N`` items (ML-1M has 3,706). Measured:
 * user-tower inference latency (``query_embeddings`` in a ``tf.function``) at batch 1 and batch
   256, reported as milliseconds per call and per user (median of ``--repeats`` calls), for T2Diff
   with the full reverse chain (``T = 50`` steps) and with the fast DDIM sampler (``S`` steps),
-  and for the baselines.
+  and for the baselines; each both as a plain graph and compiled with XLA
+  (``serving_user_tower(jit_compile=True)``).
 
 Prints a table and writes the figures, the command and the machine to ``--output``. The machine
 may be shared with other jobs: the load average at start and end is recorded with the figures.
@@ -66,8 +67,9 @@ def model_variants(args) -> List[tuple]:
     """``(label, registry name, config)`` of every measured variant."""
     d = args.embedding_dim
     schedule = ScheduleConfig(num_steps=args.diffusion_steps)
-    full = DiffusionConfig(schedule=schedule, sampler="full")
-    fast = dataclasses.replace(full, sampler="fast", sampler_steps=args.fast_steps)
+    # sampler_steps is set on both so that any T >= S is a valid configuration.
+    full = DiffusionConfig(schedule=schedule, sampler="full", sampler_steps=args.fast_steps)
+    fast = dataclasses.replace(full, sampler="fast")
     t2diff = T2DiffConfig(embedding_dim=d, diffusion=full)
     return [
         ("mean_pool_two_tower", "mean_pool_two_tower", TwoTowerConfig(embedding_dim=d)),
@@ -88,14 +90,15 @@ def training_throughput(model, windows, batch_size: int, steps: int) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def latency_ms(model, windows, batch: int, repeats: int) -> float:
+def latency_ms(model, windows, batch: int, repeats: int, jit_compile: bool = False) -> float:
+    """Median ms per call of the serving user tower (optionally XLA-compiled) at ``batch``."""
     features = {name: tf.constant(windows[name][:batch]) for name in F.QUERY_FEATURES}
-    query = tf.function(lambda f: model.query_embeddings(f, training=False))
-    query(features).numpy()
+    query = model.serving_user_tower(jit_compile=jit_compile)
+    query(features)["user_embedding"].numpy()  # tracing (and XLA compilation)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        query(features).numpy()
+        query(features)["user_embedding"].numpy()
         times.append(time.perf_counter() - start)
     return 1000.0 * float(np.median(times))
 
@@ -129,18 +132,20 @@ def main(argv=None) -> Dict[str, object]:
                "train_examples_per_s": training_throughput(model, windows, args.batch_size,
                                                            args.train_steps)}
         for batch in batches:
-            ms = latency_ms(model, windows, batch, args.repeats)
-            row[f"latency_ms_per_call_batch{batch}"] = ms
-            row[f"latency_ms_per_user_batch{batch}"] = ms / batch
+            for suffix, jit in (("", False), ("_xla", True)):
+                ms = latency_ms(model, windows, batch, args.repeats, jit_compile=jit)
+                row[f"latency_ms_per_call_batch{batch}{suffix}"] = ms
+                row[f"latency_ms_per_user_batch{batch}{suffix}"] = ms / batch
         rows.append(row)
         print(f"done: {label}", file=sys.stderr, flush=True)
 
+    columns = [(b, suffix) for b in batches for suffix in ("", "_xla")]
     header = f"{'model':32s} {'train ex/s':>11s}" + "".join(
-        f" {'ms/user @' + str(b):>13s}" for b in batches)
+        f" {'ms/user @' + str(b) + (' XLA' if suffix else ''):>17s}" for b, suffix in columns)
     print(header)
     for row in rows:
         print(f"{row['model']:32s} {row['train_examples_per_s']:11.0f}" + "".join(
-            f" {row[f'latency_ms_per_user_batch{b}']:13.3f}" for b in batches))
+            f" {row[f'latency_ms_per_user_batch{b}{suffix}']:17.3f}" for b, suffix in columns))
     result = {
         "command": " ".join(["benchmarks/model_speed.py"] + list(argv if argv is not None
                                                                   else sys.argv[1:])),
@@ -150,7 +155,8 @@ def main(argv=None) -> Dict[str, object]:
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "notes": ("random windows; full softmax over num_items; training figure after a "
                   "3-step warm-up; latency = median of repeats of a tf.function call incl. "
-                  "host transfer; the machine may be shared (see load_average)."),
+                  "host transfer; *_xla: the same tower compiled with XLA; the machine may be "
+                  "shared (see load_average)."),
         "results": rows,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

@@ -186,15 +186,22 @@ class RetrievalModel(tfrs.Model, abc.ABC):
         """``{name: TensorSpec}`` of the ``QUERY_FEATURES`` with a batch dimension."""
         return F.query_input_specs(self.example_spec)
 
-    def serving_user_tower(self) -> tf.types.experimental.GenericFunction:
+    def serving_user_tower(self, jit_compile: bool = False
+                           ) -> tf.types.experimental.GenericFunction:
         """``tf.function``: query features -> ``{"user_embedding": [batch, d]}`` (inference).
 
         Its input signature is :meth:`query_input_signature`, so it can be exported as a
         SavedModel signature (see ``t2diff_tf.serving`` for the full TF Serving export).
+
+        Args:
+          jit_compile: compile the tower with XLA. For in-process inference (batch scoring,
+            benchmarks): it fuses the reverse chain's many small ops and halves T2Diff's
+            latency on CPU (see BENCHMARKS.md). Each new batch size compiles once. Leave it off
+            for a SavedModel meant for TF Serving, whose XLA-on-CPU support is experimental.
         """
         return tf.function(
             lambda features: {"user_embedding": self.query_embeddings(features, training=False)},
-            input_signature=[self.query_input_signature()])
+            input_signature=[self.query_input_signature()], jit_compile=jit_compile)
 
     def brute_force_index(self, k: int = 100) -> tfrs.layers.factorized_top_k.BruteForce:
         """A TFRS ``BruteForce`` top-K index of the corpus (ids ``1..N``) behind the user tower.

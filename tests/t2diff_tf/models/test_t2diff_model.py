@@ -260,6 +260,23 @@ def test_fit_reduces_the_loss():
     assert history["auxiliary_loss"][-1] < history["auxiliary_loss"][0]
 
 
+def test_xla_serving_tower_matches_the_graph_tower():
+    """``jit_compile=True`` changes how the tower runs, not what it computes (deterministic
+    fast sampler, so both calls see the same reverse process), at two batch sizes."""
+    config = dataclasses.replace(CONFIG, diffusion=dataclasses.replace(DIFFUSION, sampler="fast"))
+    model = _t2diff(config)
+    windows = _windows(batch=7, seed=5)
+    model.query_embeddings(windows)
+    plain, xla = model.serving_user_tower(), model.serving_user_tower(jit_compile=True)
+    for batch in (7, 2):
+        query = {k: tf.constant(v[:batch]) for k, v in windows.items() if k in F.QUERY_FEATURES}
+        expected = plain(query)["user_embedding"].numpy()
+        np.testing.assert_allclose(xla(query)["user_embedding"].numpy(), expected,
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(expected, model.query_embeddings(query).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_saved_model_round_trip(tmp_path):
     """User tower and TFRS BruteForce top-K saved as signatures, reloaded, same answers."""
     config = dataclasses.replace(CONFIG, diffusion=dataclasses.replace(DIFFUSION, sampler="fast"))
