@@ -269,6 +269,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--max-user-interactions", type=int, default=None,
                         help="keep each user's latest N items (200: the paper's statistics)")
     parser.add_argument("--output", default="benchmarks/results/ml1m")
+    parser.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2],
+                        help="Keras output: 2 prints a line per epoch (losses, val_recall@20)")
     args = parser.parse_args(argv)
 
     specs = json.load(open(args.runs)) if args.runs else PRESETS[args.preset]
@@ -276,7 +278,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         specs = [s for s in specs if s["label"] in args.only]
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                                learning_rate=args.learning_rate,
-                               early_stopping_patience=args.patience, verbose=0)
+                               early_stopping_patience=args.patience, verbose=args.verbose)
     example_spec = ExampleSpec(history_length=args.history_length)
     report = {"command": "python " + " ".join(sys.argv), "machine":
               f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
