@@ -13,7 +13,10 @@ behaviours, a session of ``k = 10``, ``N`` items (ML-1M has 3,706). Measured:
   256, reported as milliseconds per call and per user (median of ``--repeats`` calls), for T2Diff
   with the full reverse chain (``T = 50`` steps) and with the fast DDIM sampler (``S`` steps),
   and for the baselines; each both as a plain graph and compiled with XLA
-  (``serving_user_tower(jit_compile=True)``).
+  (``serving_user_tower(jit_compile=True)``);
+* for T2Diff, the reverse process's FLOPs per user (approximator FLOPs from TensorFlow's profiler
+  times the number of steps) and the FLOP rate its latency implies: a latency target below
+  ``FLOPs / peak rate`` cannot be met on the machine, whatever the implementation.
 
 Prints a table and writes the figures, the command and the machine to ``--output``. The machine
 may be shared with other jobs: the load average at start and end is recorded with the figures.
@@ -103,6 +106,20 @@ def latency_ms(model, windows, batch: int, repeats: int, jit_compile: bool = Fal
     return 1000.0 * float(np.median(times))
 
 
+def approximator_flops_per_user(model, batch: int = 256) -> float:
+    """Floating-point operations of one approximator (U-Net) call per user, counted on its
+    graph by TensorFlow's profiler at ``[batch, K, 2d]``: a reverse process costs this times
+    its number of steps, which bounds its latency by the CPU's peak FLOP rate."""
+    diffusion = model.diffusion
+    spec = (tf.TensorSpec([batch, model.session_size, 2 * diffusion.embedding_dim]),
+            tf.TensorSpec([batch], tf.int32))
+    graph = tf.function(lambda x, steps: diffusion.approximator(x, steps)
+                        ).get_concrete_function(*spec).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops / batch
+
+
 def main(argv=None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-items", type=int, default=3706)
@@ -136,6 +153,16 @@ def main(argv=None) -> Dict[str, object]:
                 ms = latency_ms(model, windows, batch, args.repeats, jit_compile=jit)
                 row[f"latency_ms_per_call_batch{batch}{suffix}"] = ms
                 row[f"latency_ms_per_user_batch{batch}{suffix}"] = ms / batch
+        if getattr(model, "diffusion", None) is not None:
+            diffusion = config.diffusion
+            steps = (diffusion.sampler_steps if diffusion.sampler == "fast"
+                     else diffusion.schedule.num_steps)
+            flops = approximator_flops_per_user(model) * steps
+            row["reverse_process_mflop_per_user"] = flops / 1e6
+            for batch in batches:
+                for suffix in ("", "_xla"):
+                    seconds = row[f"latency_ms_per_user_batch{batch}{suffix}"] / 1000.0
+                    row[f"approximator_gflop_per_s_batch{batch}{suffix}"] = flops / seconds / 1e9
         rows.append(row)
         print(f"done: {label}", file=sys.stderr, flush=True)
 

@@ -25,6 +25,12 @@ def test_model_speed_writes_every_variant_plain_and_xla(tmp_path, monkeypatch):
                 per_call = row[f"latency_ms_per_call_batch{batch}{suffix}"]
                 assert per_call > 0
                 assert row[f"latency_ms_per_user_batch{batch}{suffix}"] == per_call / batch
+    full, fast = rows["t2diff (full chain T=5)"], rows["t2diff (fast S=2)"]
+    # Same approximator, 5 steps against 2: the FLOPs scale with the steps exactly.
+    assert full["reverse_process_mflop_per_user"] > 0
+    assert abs(full["reverse_process_mflop_per_user"] / fast["reverse_process_mflop_per_user"]
+               - 5 / 2) < 1e-9
+    assert "reverse_process_mflop_per_user" not in rows["mixed_attention"]
     assert result["settings"]["diffusion_steps"] == 5
     assert "model_speed.py" in result["command"]
     del sys.modules["machine"]  # keep the suite's module table as it was
