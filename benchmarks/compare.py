@@ -1,12 +1,15 @@
 """Paired comparison of two runs of ``benchmarks/ml1m.py`` on the same test users.
 
-    python benchmarks/compare.py RESULTS_A.json "LABEL A" RESULTS_B.json "LABEL B"
+    python benchmarks/compare.py RESULTS_A.json "LABEL A" RESULTS_B.json "LABEL B" \
+        [--seed 0] [--seed-b 1]
 
 Aligns the two runs' per-user test ranks by ``user_id`` and prints, for each metric, the
 difference ``A - B`` with a paired percentile bootstrap interval over users (one draw of users
 serves both runs). Two runs whose own intervals overlap can still differ beyond noise; an
 interval of the difference above 0 says A beats B at that level. Runs written before the harness
-recorded ``test_ranks`` cannot be compared: run them again.
+recorded ``test_ranks`` cannot be compared: run them again. The interval covers the test users'
+sampling only, not training noise: compare runs of several seeds (``--seed``, ``--seed-b``) to
+see that.
 """
 
 from __future__ import annotations
@@ -91,10 +94,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
     parser.add_argument("label_b")
     parser.add_argument("--protocol", default=None)
     parser.add_argument("--seed", type=int, default=0, help="the runs' training seed")
+    parser.add_argument("--seed-b", type=int, default=None,
+                        help="run B's training seed, when it differs from A's (--seed)")
     parser.add_argument("--num-resamples", type=int, default=1000)
     args = parser.parse_args(argv)
     a = find_run(args.results_a, args.label_a, args.protocol, args.seed)
-    b = find_run(args.results_b, args.label_b, args.protocol, args.seed)
+    b = find_run(args.results_b, args.label_b, args.protocol,
+                 args.seed if args.seed_b is None else args.seed_b)
     result = compare(a, b, args.num_resamples)
     print(f"A = {args.label_a} ({args.results_a}), B = {args.label_b} ({args.results_b}), "
           f"{result['num_examples']} shared test examples; paired 95% bootstrap over users")

@@ -94,6 +94,15 @@ def test_paired_comparison_of_two_runs(results_path, tmp_path, capsys):
     # A run against itself differs by exactly nothing.
     same = compare.main([results_path, "T2Diff, T = 10", results_path, "T2Diff, T = 10"])
     assert same["recall@20"]["interval"] == [0.0, 0.0]
+    # Runs of different training seeds: --seed picks A's, --seed-b B's.
+    reseeded = str(tmp_path / "seed1.json")
+    with open(reseeded, "w") as f:
+        json.dump({"protocols": {"leave_one_out": {"results": [dict(t2diff, seed=1)]}}}, f)
+    with pytest.raises(SystemExit, match="seed 0"):
+        compare.main([results_path, "T2Diff, T = 10", reseeded, "T2Diff, T = 10"])
+    across = compare.main([results_path, "T2Diff, T = 10", reseeded, "T2Diff, T = 10",
+                           "--seed-b", "1"])
+    assert across["recall@20"]["interval"] == [0.0, 0.0]
     # Runs written before the harness recorded ranks are refused by name.
     old = dict(t2diff, test_ranks=None)
     path = str(tmp_path / "old.json")
