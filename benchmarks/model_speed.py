@@ -9,8 +9,8 @@ behaviours, a session of ``k = 10``, ``N`` items (ML-1M has 3,706). Measured:
 
 * training throughput (examples/s) of ``model.fit`` with the default full softmax, after a
   warm-up epoch that absorbs tracing;
-* user-tower inference latency (``query_embeddings`` in a ``tf.function``) at batch 1 and batch
-  256, reported as milliseconds per call and per user (median of ``--repeats`` calls), for T2Diff
+* user-tower inference latency (``serving_user_tower()``, the exported signature) at batch 1
+  and batch 256, as milliseconds per call and per user (median of ``--repeats`` calls), for T2Diff
   with the full reverse chain (``T = 50`` steps) and with the fast DDIM sampler (``S`` steps),
   and for the baselines; each both as a plain graph and compiled with XLA
   (``serving_user_tower(jit_compile=True)``);

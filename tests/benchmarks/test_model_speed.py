@@ -8,7 +8,10 @@ from tests.benchmarks.test_ml1m_harness import ROOT, load_script
 
 def test_model_speed_writes_every_variant_plain_and_xla(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(f"{ROOT}/benchmarks")  # the script imports benchmarks/machine.py
-    speed = load_script("model_speed")
+    try:
+        speed = load_script("model_speed")
+    finally:
+        sys.modules.pop("machine", None)  # keep the suite's module table as it was
     output = tmp_path / "speed.json"
     speed.main(["--num-items", "40", "--history-length", "12", "--session-size", "4",
                 "--embedding-dim", "8", "--batch-size", "16", "--train-steps", "2",
@@ -33,4 +36,3 @@ def test_model_speed_writes_every_variant_plain_and_xla(tmp_path, monkeypatch):
     assert "reverse_process_mflop_per_user" not in rows["mixed_attention"]
     assert result["settings"]["diffusion_steps"] == 5
     assert "model_speed.py" in result["command"]
-    del sys.modules["machine"]  # keep the suite's module table as it was
