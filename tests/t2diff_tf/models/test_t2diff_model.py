@@ -268,6 +268,9 @@ def test_xla_serving_tower_matches_the_graph_tower():
     windows = _windows(batch=7, seed=5)
     model.query_embeddings(windows)
     plain, xla = model.serving_user_tower(), model.serving_user_tower(jit_compile=True)
+    must_compile = [f.get_concrete_function().function_def.attr["_XlaMustCompile"].b
+                    for f in (plain, xla)]
+    assert must_compile == [False, True]  # only the second one is handed to XLA
     for batch in (7, 2):
         query = {k: tf.constant(v[:batch]) for k, v in windows.items() if k in F.QUERY_FEATURES}
         expected = plain(query)["user_embedding"].numpy()
