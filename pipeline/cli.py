@@ -27,7 +27,7 @@ from components.preprocessing.sources import SOURCE_KINDS, SourceConfig  # noqa:
 from components.preprocessing.transforms import (PreprocessConfig, PreprocessingError,  # noqa: E402
                                                   run_preprocessing)
 from pipeline.configs import DEFAULT_OUTPUT_ROOT, PIPELINE_NAME, EvalConfig, PipelineConfig  # noqa: E402
-from t2diff_tf.features import ExampleSpec  # noqa: E402
+from t2diff_tf.features import ExampleSpec, SequenceSpec  # noqa: E402
 from t2diff_tf.models.registry import available_models  # noqa: E402
 from t2diff_tf.training import STRATEGIES, TrainConfig  # noqa: E402
 
@@ -98,6 +98,12 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the user split")
     g.add_argument("--max-rejected-fraction", type=float, default=0.1,
                    help="fail when more of the interactions read are rejected as malformed")
+    g.add_argument("--sequence-length", type=int, default=None, metavar="L",
+                   help="also write the training data as sequence chunks of L inputs "
+                        "(Split-train_sequences; every training interaction a label once), "
+                        "for models that learn from every position; 200 is SASRec's usual L")
+    g.add_argument("--max-chunks-per-user", type=int, default=None,
+                   help="with --sequence-length: keep each user's latest chunks only")
     g.add_argument("--num-shards", type=int, default=1,
                    help="TFRecord shards per split (0: the runner decides)")
     g.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
@@ -129,7 +135,9 @@ def preprocess_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
                                 args.min_target_position, args.seed),
         min_user_interactions=args.min_user_interactions,
         max_user_interactions=args.max_user_interactions,
-        max_rejected_fraction=args.max_rejected_fraction, num_shards=args.num_shards)
+        max_rejected_fraction=args.max_rejected_fraction, num_shards=args.num_shards,
+        sequences=(SequenceSpec(args.sequence_length, args.max_chunks_per_user)
+                   if args.sequence_length else None))
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +160,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                    help="early stopping: epochs without a better validation metric")
     g.add_argument("--selection-metric", default="recall@20",
                    help="validation metric that selects the epoch")
+    g.add_argument("--select-seen-excluded", action="store_true",
+                   help="rank the validation targets without the user's seen items when "
+                        "selecting the epoch")
     g.add_argument("--strategy", choices=STRATEGIES, default="default",
                    help="tf.distribute strategy of the Trainer")
     g.add_argument("--ks", default="2,10,20,100", help="Evaluator cut-offs")
@@ -176,7 +187,8 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
         baseline_model=args.baseline_model,
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, early_stopping_patience=args.patience,
-                          selection_metric=args.selection_metric, strategy=args.strategy),
+                          selection_metric=args.selection_metric, strategy=args.strategy,
+                          exclude_seen=args.select_seen_excluded),
         eval=EvalConfig(ks=tuple(int(k) for k in args.ks.split(",")),
                         blessing_metric=args.blessing_metric, threshold=args.blessing_threshold,
                         exclude_history=args.exclude_history),
@@ -198,6 +210,9 @@ def format_stats(stats: dict, output_dir: str) -> str:
     ex = stats["examples"]
     lines.append(f"  examples: train {ex['train']:,}, validation {ex['validation']:,}, "
                  f"test {ex['test']:,}")
+    if "train_sequences" in ex:
+        lines.append(f"  training sequences: {ex['train_sequences']:,} chunks teaching "
+                     f"{stats.get('sequence_labels', 0):,} next items")
     return "\n".join(lines)
 
 

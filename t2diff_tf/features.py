@@ -19,13 +19,39 @@ feature              dtype     shape   meaning
 
 Item id 0 is reserved for padding. The module is pure TensorFlow and is imported by the
 preprocessing (to write) and by the models (to read), so neither depends on the other.
+
+A second layout, **sequences** (:class:`SequenceSpec`), is for training only: one
+``tf.Example`` per chunk of a user's training history, so that a model computes every position's
+next item in one pass and every training interaction is a label exactly once per epoch:
+
+=======================  ========  ========  ================================================
+feature                  dtype     shape     meaning
+=======================  ========  ========  ================================================
+``user_id``              bytes     []        raw user id
+``sequence_items``       int64     [L + 1]   item ids 1..N, oldest first, left-padded with 0;
+                                             positions ``0..L-1`` are inputs, ``1..L`` labels
+``sequence_timestamps``  int64     [L + 1]   seconds since the epoch, or the item's step index
+                                             in the user's log when the log has no time (0 on
+                                             padding): lags to any later position follow
+``sequence_sessions``    int64     [L + 1]   session id, non-decreasing with time: the
+                                             time-gap rule's session number; under the last-k
+                                             rule the step index (the session of item j seen
+                                             from position t is ``(s_t - s_j) // k``); -1 on
+                                             padding
+``sequence_length``      int64     []        valid items in the chunk (<= L + 1)
+=======================  ========  ========  ================================================
+
+Validation and test targets are never inside a training chunk (``components/preprocessing/
+sequences.py`` cuts the chunks; a test checks all of ML-1M). :func:`sequence_as_window` turns a
+batch of chunks into the window features (``history`` = the first ``L`` items, ``target`` = the
+last), so a next-item model trains on either layout with the same code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import tensorflow as tf
 
@@ -36,6 +62,11 @@ HISTORY_SESSION = "history_session"
 SESSION_LENGTH = "session_length"
 TARGET = "target"
 TARGET_TIMESTAMP = "target_timestamp"
+
+# Optional evaluation-only feature: ``[batch, S]`` every item the user has seen before the
+# target (0-padded), when the window's ``history`` (the last ``L``) is not the whole history.
+# ``t2diff_tf.metrics.evaluate(..., exclude_history=True)`` drops these from the ranking.
+SEEN_ITEMS = "seen_items"
 
 PADDING_ID = 0
 PADDING_SESSION = -1
@@ -80,6 +111,65 @@ class ExampleSpec:
 
     def time_lag_bucket(self, gap: float) -> int:
         return time_lag_bucket(gap, self.num_time_lag_buckets)
+
+
+SEQUENCE_ITEMS = "sequence_items"
+SEQUENCE_TIMESTAMPS = "sequence_timestamps"
+SEQUENCE_SESSIONS = "sequence_sessions"
+SEQUENCE_LENGTH = "sequence_length"
+CHUNK_FEATURES = (SEQUENCE_ITEMS, SEQUENCE_TIMESTAMPS, SEQUENCE_SESSIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSpec:
+    """Shapes of the training sequence chunks.
+
+    Attributes:
+      history_length: ``L``, the input positions of a chunk; a chunk stores ``L + 1`` items
+        (its ``L`` inputs and the ``L`` next items they predict, shifted by one). 200 is the
+        usual SASRec setting on MovieLens.
+      max_chunks_per_user: keep only each user's latest chunks (``None``: every chunk, so every
+        training interaction is a label; 1: the latest ``L + 1`` items, SASRec's original
+        layout).
+    """
+
+    history_length: int = 200
+    max_chunks_per_user: Optional[int] = None
+
+    def __post_init__(self):
+        if self.history_length < 1:
+            raise ValueError(f"history_length must be >= 1, got {self.history_length}")
+        if self.max_chunks_per_user is not None and self.max_chunks_per_user < 1:
+            raise ValueError("max_chunks_per_user must be >= 1 or None")
+
+    @property
+    def chunk_length(self) -> int:
+        """Items stored per chunk: ``L + 1``."""
+        return self.history_length + 1
+
+    def feature_spec(self, with_user_id: bool = True) -> Dict[str, tf.io.FixedLenFeature]:
+        """The ``tf.io.parse_example`` spec of one chunk."""
+        spec = {name: tf.io.FixedLenFeature([self.chunk_length], tf.int64)
+                for name in CHUNK_FEATURES}
+        spec[SEQUENCE_LENGTH] = tf.io.FixedLenFeature([], tf.int64)
+        if with_user_id:
+            spec[USER_ID] = tf.io.FixedLenFeature([], tf.string)
+        return spec
+
+    def parse(self, serialized: tf.Tensor, with_user_id: bool = True) -> Dict[str, tf.Tensor]:
+        """Parses a batch ``[batch]`` of serialized chunks into ``{name: [batch, ...]}``."""
+        return tf.io.parse_example(serialized, self.feature_spec(with_user_id))
+
+
+def sequence_as_window(chunks: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """A batch of chunks ``{sequence_items: [batch, l + 1], ...}`` as next-item features.
+
+    Returns ``history`` = ``sequence_items[:, :-1]`` ``[batch, l]`` and ``target`` = the last
+    item ``[batch]``: the labels of a next-item model's every position are then
+    ``concat(history[:, 1:], target)``, exactly the chunk shifted by one.
+    """
+    items = tf.cast(chunks[SEQUENCE_ITEMS], tf.int64)
+    return {HISTORY: items[:, :-1], TARGET: items[:, -1]}
 
 
 def query_input_specs(spec: ExampleSpec) -> Dict[str, tf.TensorSpec]:

@@ -17,6 +17,8 @@ PROTOCOLS = (LEAVE_ONE_OUT, USER_HOLDOUT)
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)
+# The training data as sequence chunks (written beside the windows when asked for).
+TRAIN_SEQUENCES = "train_sequences"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from components.preprocessing import synthetic
-from components.preprocessing.config import SPLITS, ProtocolConfig, WindowConfig
+from components.preprocessing import sequences as chunking
+from components.preprocessing.config import SPLITS, TRAIN_SEQUENCES, ProtocolConfig, WindowConfig
 from components.preprocessing.vocabulary import ItemFeatures, Vocabulary
 from components.preprocessing.windows import user_windows
 from t2diff_tf import features as F
@@ -57,13 +58,30 @@ def windows_to_arrays(user_sequences: Mapping[str, Tuple[Sequence[int], Optional
     return out
 
 
+def chunks_to_arrays(user_sequences: Mapping[str, Tuple[Sequence[int], Optional[Sequence[int]]]],
+                     window: WindowConfig, protocol: ProtocolConfig,
+                     spec: F.SequenceSpec) -> Arrays:
+    """``{user: (item ids, timestamps or None)}`` -> the training chunks as arrays
+    (``sequence_*`` ``[n, L + 1]`` int64, ``sequence_length`` ``[n]``, ``user_id`` ``[n]``)."""
+    rows = [c for user, (items, timestamps) in user_sequences.items()
+            for c in chunking.user_chunks(user, items, timestamps, window, protocol, spec)]
+    arrays = {name: np.asarray([c[name] for c in rows], dtype=np.int64).reshape(
+        len(rows), spec.chunk_length) for name in F.CHUNK_FEATURES}
+    arrays[F.SEQUENCE_LENGTH] = np.asarray([c[F.SEQUENCE_LENGTH] for c in rows], dtype=np.int64)
+    arrays[F.USER_ID] = np.asarray([str(c[F.USER_ID]).encode() for c in rows], dtype=object)
+    return arrays
+
+
 def from_interactions(interactions: Iterable[Tuple[str, str, int]],
                       genres: Mapping[str, Sequence[str]],
                       window: WindowConfig = WindowConfig(),
                       protocol: ProtocolConfig = ProtocolConfig(),
                       min_user_interactions: int = 5,
-                      max_user_interactions: Optional[int] = None) -> InMemoryData:
+                      max_user_interactions: Optional[int] = None,
+                      sequences: Optional[F.SequenceSpec] = None) -> InMemoryData:
     """Time-ordered ``(user, item, timestamp)`` rows -> :class:`InMemoryData`.
+
+    With ``sequences``, ``splits["train_sequences"]`` holds the training chunks too.
 
     Rows must already be in time order per user (ties keep input order). Users with fewer than
     ``min_user_interactions`` rows are dropped and the others keep their latest
@@ -81,17 +99,21 @@ def from_interactions(interactions: Iterable[Tuple[str, str, int]],
             counts[item] = counts.get(item, 0) + 1
     vocabulary = Vocabulary.from_counts(counts)
     lookup = vocabulary.lookup()
+    sequences_spec = sequences
     sequences = {u: ([lookup[i] for i, _ in evs], [ts for _, ts in evs])
                  for u, evs in per_user.items()}
-    return InMemoryData(windows_to_arrays(sequences, window, protocol), vocabulary,
-                        ItemFeatures.from_genres(vocabulary, genres))
+    splits = windows_to_arrays(sequences, window, protocol)
+    if sequences_spec is not None:
+        splits[TRAIN_SEQUENCES] = chunks_to_arrays(sequences, window, protocol, sequences_spec)
+    return InMemoryData(splits, vocabulary, ItemFeatures.from_genres(vocabulary, genres))
 
 
 def synthetic_arrays(config: synthetic.SyntheticConfig = synthetic.SyntheticConfig(),
                      window: WindowConfig = WindowConfig(),
                      protocol: ProtocolConfig = ProtocolConfig(),
                      min_user_interactions: int = 5,
-                     max_user_interactions: Optional[int] = None) -> InMemoryData:
+                     max_user_interactions: Optional[int] = None,
+                     sequences: Optional[F.SequenceSpec] = None) -> InMemoryData:
     """The synthetic drift log (see ``synthetic.py``) as window arrays.
 
     Example::
@@ -102,4 +124,4 @@ def synthetic_arrays(config: synthetic.SyntheticConfig = synthetic.SyntheticConf
     """
     return from_interactions(synthetic.generate_interactions(config),
                              synthetic.item_genres(config), window, protocol,
-                             min_user_interactions, max_user_interactions)
+                             min_user_interactions, max_user_interactions, sequences)

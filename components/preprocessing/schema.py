@@ -1,4 +1,5 @@
-"""The ``tensorflow_metadata`` schema of the window examples (``schemas/window_example.pbtxt``)."""
+"""The ``tensorflow_metadata`` schemas of the examples: windows (``schemas/window_example.pbtxt``)
+and training sequence chunks (``schemas/sequence_example.pbtxt``)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,10 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from t2diff_tf import features as F
-from t2diff_tf.features import ExampleSpec
+from t2diff_tf.features import ExampleSpec, SequenceSpec
 
 
-def window_schema(spec: ExampleSpec, num_items: Optional[int] = None) -> schema_pb2.Schema:
-    """Schema of one window: fixed shapes, value ranges, and the item id domain when known."""
-    schema = schema_pb2.Schema()
-    max_item = num_items if num_items is not None else None
-
+def _adder(schema: schema_pb2.Schema):
     def add(name, type_, length, lo=None, hi=None, description=""):
         feature = schema.feature.add(name=name, type=type_)
         feature.presence.min_fraction = 1.0
@@ -27,7 +24,14 @@ def window_schema(spec: ExampleSpec, num_items: Optional[int] = None) -> schema_
                 feature.int_domain.max = hi
         if description:
             feature.annotation.tag.append(description)
+    return add
 
+
+def window_schema(spec: ExampleSpec, num_items: Optional[int] = None) -> schema_pb2.Schema:
+    """Schema of one window: fixed shapes, value ranges, and the item id domain when known."""
+    schema = schema_pb2.Schema()
+    max_item = num_items if num_items is not None else None
+    add = _adder(schema)
     L = spec.history_length
     add(F.USER_ID, schema_pb2.BYTES, 0, description="raw user id")
     add(F.HISTORY, schema_pb2.INT, L, 0, max_item, "item ids, oldest first, left-padded with 0")
@@ -38,6 +42,22 @@ def window_schema(spec: ExampleSpec, num_items: Optional[int] = None) -> schema_
     add(F.SESSION_LENGTH, schema_pb2.INT, 0, 0, L, "length of the most recent session")
     add(F.TARGET, schema_pb2.INT, 0, 1, max_item, "the next item id")
     add(F.TARGET_TIMESTAMP, schema_pb2.INT, 0, 0, None, "seconds since the epoch; 0 = unknown")
+    return schema
+
+
+def sequence_schema(spec: SequenceSpec, num_items: Optional[int] = None) -> schema_pb2.Schema:
+    """Schema of one training chunk (``t2diff_tf.features.SequenceSpec``)."""
+    schema = schema_pb2.Schema()
+    add = _adder(schema)
+    length = spec.chunk_length
+    add(F.USER_ID, schema_pb2.BYTES, 0, description="raw user id")
+    add(F.SEQUENCE_ITEMS, schema_pb2.INT, length, 0, num_items,
+        "item ids, oldest first, left-padded with 0; inputs 0..L-1, labels 1..L")
+    add(F.SEQUENCE_TIMESTAMPS, schema_pb2.INT, length, 0, None,
+        "seconds since the epoch, or step index when the log has no time; 0 = padding")
+    add(F.SEQUENCE_SESSIONS, schema_pb2.INT, length, F.PADDING_SESSION, None,
+        "session id, non-decreasing (time-gap number, or step index under last-k); -1 = padding")
+    add(F.SEQUENCE_LENGTH, schema_pb2.INT, 0, 2, length, "valid items in the chunk")
     return schema
 
 
@@ -85,11 +105,16 @@ def read_schema(path: str) -> schema_pb2.Schema:
         return text_format.Parse(f.read(), schema_pb2.Schema())
 
 
-if __name__ == "__main__":  # Regenerates schemas/window_example.pbtxt.
+if __name__ == "__main__":  # Regenerates schemas/window_example.pbtxt and sequence_example.pbtxt.
     import os
 
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "schemas", "window_example.pbtxt")
-    with open(path, "w") as f:
+    folder = os.path.join(os.path.dirname(__file__), "..", "..", "schemas")
+    with open(os.path.join(folder, "window_example.pbtxt"), "w") as f:
         f.write("# Schema of the window examples (t2diff_tf/features.py) with the default "
                 "ExampleSpec\n# (history_length=50, 32 time-lag buckets). Regenerate: python -m "
                 "components.preprocessing.schema\n" + schema_text(window_schema(ExampleSpec())))
+    with open(os.path.join(folder, "sequence_example.pbtxt"), "w") as f:
+        f.write("# Schema of the training sequence chunks (t2diff_tf/features.py, SequenceSpec) "
+                "with the default\n# history_length=200 (chunks of 201 items). Regenerate: "
+                "python -m components.preprocessing.schema\n"
+                + schema_text(sequence_schema(SequenceSpec())))

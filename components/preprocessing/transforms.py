@@ -9,9 +9,12 @@ Output directory layout (the ``Split-*`` folders are what a TFX ``Examples`` art
     Split-train/data_tfrecord-*.gz        tf.Example windows (see t2diff_tf.features)
     Split-validation/data_tfrecord-*.gz
     Split-test/data_tfrecord-*.gz
+    Split-train_sequences/data_tfrecord-*.gz  training chunks, when ``config.sequences`` is set
+                                          (t2diff_tf.features.SequenceSpec)
     item_vocabulary.tsv                   int_id, raw_id, count
     item_features.tsv                     int_id, genres
     schema.pbtxt                          tensorflow_metadata schema of the windows
+    sequence_schema.pbtxt                 schema of the chunks (with ``config.sequences``)
     dead_letter/dead_letter.jsonl         rejected records: file, line, field, reason, raw
     stats.json                            counts (they add up), config, elapsed time
 """
@@ -29,15 +32,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import tensorflow as tf
 
 from components.preprocessing import readers
-from components.preprocessing.config import SPLITS, ProtocolConfig, WindowConfig
+from components.preprocessing.config import SPLITS, TRAIN_SEQUENCES, ProtocolConfig, WindowConfig
 from components.preprocessing.records import DeadLetter, Event
-from components.preprocessing.schema import schema_text, window_schema
+from components.preprocessing import sequences as chunks
+from components.preprocessing.schema import schema_text, sequence_schema, window_schema
 from components.preprocessing.vocabulary import ItemFeatures, Vocabulary
 from components.preprocessing.windows import to_example, user_windows
-from t2diff_tf.features import ExampleSpec
+from t2diff_tf.features import ExampleSpec, SequenceSpec
 
 STATS_FILE = "stats.json"
 SCHEMA_FILE = "schema.pbtxt"
+SEQUENCE_SCHEMA_FILE = "sequence_schema.pbtxt"
 DEAD_LETTER_DIR = "dead_letter"
 FILTERED_USER_TOO_SHORT = "user_below_min_interactions"
 FILTERED_BEYOND_USER_CAP = "beyond_max_user_interactions"
@@ -62,6 +67,9 @@ class PreprocessConfig:
         T2Diff paper's statistics (643,979 / 3,648).
       max_rejected_fraction: fail the run when more of the interactions read were rejected.
       num_shards: output shards per split (0 lets the runner choose).
+      sequences: also write the training data as sequence chunks (``Split-train_sequences``,
+        one example per chunk of up to ``L + 1`` items, every training interaction a label
+        once) for models that learn from every position; ``None``: windows only.
     """
 
     window: WindowConfig = WindowConfig()
@@ -70,6 +78,7 @@ class PreprocessConfig:
     max_user_interactions: Optional[int] = None
     max_rejected_fraction: float = 0.1
     num_shards: int = 1
+    sequences: Optional[SequenceSpec] = None
 
     def __post_init__(self):
         if self.max_user_interactions is not None and \
@@ -86,8 +95,10 @@ class PreprocessConfig:
         values = dict(values)
         window = dict(values.pop("window", {}))
         example = ExampleSpec(**window.pop("example", {}))
+        sequences = values.pop("sequences", None)
         return cls(window=WindowConfig(example=example, **window),
-                   protocol=ProtocolConfig(**values.pop("protocol", {})), **values)
+                   protocol=ProtocolConfig(**values.pop("protocol", {})),
+                   sequences=SequenceSpec(**sequences) if sequences else None, **values)
 
 
 def split_dir(output_dir: str, split: str) -> str:
@@ -150,6 +161,22 @@ class _MakeWindows(beam.DoFn):
             yield beam.pvalue.TaggedOutput(split, to_example(w).SerializeToString())
 
 
+class _MakeChunks(beam.DoFn):
+    """Kept user sequence -> serialized training chunks (``sequences.user_chunks``)."""
+
+    def __init__(self, window: WindowConfig, protocol: ProtocolConfig, spec: SequenceSpec):
+        self._window = window
+        self._protocol = protocol
+        self._spec = spec
+
+    def process(self, sequence, lookup: Dict[str, int]):
+        user, items, timestamps = sequence
+        ids = [lookup[item] for item in items]
+        for chunk in chunks.user_chunks(user, ids, timestamps, self._window, self._protocol,
+                                        self._spec):
+            yield len(chunks.chunk_labels(chunk)), chunks.to_example(chunk).SerializeToString()
+
+
 def _write_text(path: str, text: str) -> str:
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(text)
@@ -197,6 +224,19 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
             os.path.join(split_dir(output_dir, split), "data_tfrecord"),
             file_name_suffix=".gz", num_shards=shards)
 
+    sequence_counters = []
+    if config.sequences is not None:
+        chunked = kept | "Chunks" >> beam.ParDo(
+            _MakeChunks(config.window, config.protocol, config.sequences),
+            lookup=beam.pvalue.AsSingleton(lookup))
+        _ = (chunked
+             | "ChunkExamples" >> beam.Map(lambda c: c[1])
+             | "WriteTrainSequences" >> beam.io.WriteToTFRecord(
+                 os.path.join(split_dir(output_dir, TRAIN_SEQUENCES), "data_tfrecord"),
+                 file_name_suffix=".gz", num_shards=shards))
+        sequence_counters.append(chunked | "ChunkCounter" >> beam.FlatMap(
+            lambda c: [(f"examples.{TRAIN_SEQUENCES}", 1), ("sequence_labels", c[0])]))
+
     _ = (log.dead_letters
          | "DeadLetterJson" >> beam.Map(DeadLetter.to_json)
          | "WriteDeadLetters" >> beam.io.WriteToText(
@@ -218,7 +258,7 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
             lambda s: [("kept", len(s[1])), ("users_kept", 1)]),
         vocabulary | "ItemsCounter" >> beam.Map(lambda v: ("items", v.size)),
     ] + [windows[split] | f"{split.title()}Counter" >> beam.Map(lambda _, s=split: (f"examples.{s}", 1))
-         for split in SPLITS]
+         for split in SPLITS] + sequence_counters
     _ = (counters
          | "FlattenCounters" >> beam.Flatten()
          | "SumCounters" >> beam.CombinePerKey(sum)
@@ -287,6 +327,11 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
     num_items = stats["items"]
     _write_text(os.path.join(output_dir, SCHEMA_FILE),
                 schema_text(window_schema(config.window.example, num_items or None)))
+    if config.sequences is not None:
+        stats["examples"].setdefault(TRAIN_SEQUENCES, 0)
+        stats.setdefault("sequence_labels", 0)
+        _write_text(os.path.join(output_dir, SEQUENCE_SCHEMA_FILE),
+                    schema_text(sequence_schema(config.sequences, num_items or None)))
     _write_text(os.path.join(output_dir, STATS_FILE), json.dumps(stats, indent=2, sort_keys=True))
 
     dead_letter_path = os.path.join(output_dir, DEAD_LETTER_DIR, "dead_letter.jsonl")

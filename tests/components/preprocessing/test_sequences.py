@@ -1,0 +1,151 @@
+"""Training sequence chunks: bounds, protocols, leakage on all of ML-1M, Beam = in-memory."""
+
+import gzip
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.preprocessing import readers, synthetic
+from components.preprocessing.config import (TIME_GAP, TRAIN, TRAIN_SEQUENCES, USER_HOLDOUT,
+                                             ProtocolConfig, WindowConfig)
+from components.preprocessing.inmemory import chunks_to_arrays, synthetic_arrays
+from components.preprocessing.schema import sequence_schema, validate_examples
+from components.preprocessing.sequences import (chunk_bounds, chunk_labels, to_example,
+                                                user_chunks)
+from components.preprocessing.transforms import (SEQUENCE_SCHEMA_FILE, PreprocessConfig,
+                                                  run_preprocessing, split_dir)
+from components.preprocessing.windows import holdout_split
+from t2diff_tf import features as F
+from t2diff_tf.features import ExampleSpec, SequenceSpec
+
+WIN = WindowConfig(ExampleSpec(history_length=4))
+LOO = ProtocolConfig()
+
+
+@pytest.mark.parametrize("n, expected", [
+    (0, []), (1, []), (2, [(0, 2)]), (4, [(0, 4)]), (5, [(0, 5)]),
+    (6, [(0, 2), (1, 6)]),                  # overlap of one: item 1 is an input of both
+    (14, [(0, 2), (1, 6), (5, 10), (9, 14)]),
+])
+def test_chunk_bounds_cover_every_label_once(n, expected):
+    spec = SequenceSpec(history_length=4)   # chunks of 5 items
+    bounds = chunk_bounds(n, spec)
+    assert [(r.start, r.stop) for r in bounds] == expected
+    labels = [j for r in bounds for j in list(r)[1:]]
+    assert sorted(labels) == list(range(1, n)) if n >= 2 else labels == []
+
+
+def test_max_chunks_keeps_the_latest():
+    bounds = chunk_bounds(14, SequenceSpec(history_length=4, max_chunks_per_user=2))
+    assert [(r.start, r.stop) for r in bounds] == [(5, 10), (9, 14)]
+
+
+def test_leave_one_out_chunks_stop_before_the_validation_target():
+    items = list(range(101, 111))            # 10 items: validation 109, test 110
+    chunks = list(user_chunks("u", items, None, WIN, LOO, SequenceSpec(history_length=4)))
+    seen = {i for c in chunks for i in c[F.SEQUENCE_ITEMS]}
+    assert 109 not in seen and 110 not in seen
+    assert sorted(i for c in chunks for i in chunk_labels(c)) == list(range(102, 109))
+    last = chunks[-1]
+    assert last[F.SEQUENCE_ITEMS] == [104, 105, 106, 107, 108]
+    assert last[F.SEQUENCE_LENGTH] == 5
+    # No time in the log: step indices stand in for timestamps, sessions are step indices.
+    assert last[F.SEQUENCE_TIMESTAMPS] == [3, 4, 5, 6, 7]
+    first = chunks[0]
+    assert first[F.SEQUENCE_ITEMS] == [0, 101, 102, 103, 104]   # overlaps the next by one
+    assert first[F.SEQUENCE_SESSIONS] == [F.PADDING_SESSION, 0, 1, 2, 3]
+    assert first[F.SEQUENCE_TIMESTAMPS] == [0, 0, 1, 2, 3]
+    assert first[F.SEQUENCE_LENGTH] == 4
+
+
+def test_short_users_give_no_chunk():
+    assert list(user_chunks("u", [1, 2, 3], None, WIN, LOO, SequenceSpec(4))) == []
+    assert len(list(user_chunks("u", [1, 2, 3, 4], None, WIN, LOO, SequenceSpec(4)))) == 1
+
+
+def test_time_gap_sessions_and_timestamps():
+    window = WindowConfig(ExampleSpec(history_length=4), session_mode=TIME_GAP,
+                          session_gap_seconds=100)
+    ts = [0, 10, 500, 510, 2000, 2010, 2020]
+    [chunk] = user_chunks("u", [1, 2, 3, 4, 5, 6, 7], ts, window, LOO, SequenceSpec(8))
+    assert chunk[F.SEQUENCE_ITEMS] == [0, 0, 0, 0, 1, 2, 3, 4, 5]
+    assert chunk[F.SEQUENCE_TIMESTAMPS] == [0, 0, 0, 0, 0, 10, 500, 510, 2000]
+    assert chunk[F.SEQUENCE_SESSIONS] == [-1, -1, -1, -1, 0, 0, 1, 1, 2]
+
+
+def test_user_holdout_chunks_only_training_users():
+    protocol = ProtocolConfig(name=USER_HOLDOUT, seed=3)
+    spec = SequenceSpec(history_length=4)
+    users = [f"user{i}" for i in range(200)]
+    for user in users:
+        chunks = list(user_chunks(user, list(range(1, 13)), None, WIN, protocol, spec))
+        if holdout_split(user, protocol) == TRAIN:
+            assert sorted(i for c in chunks for i in chunk_labels(c)) == list(range(2, 13))
+        else:
+            assert chunks == []
+
+
+def test_chunk_example_round_trips_through_the_spec():
+    spec = SequenceSpec(history_length=4)
+    [chunk] = user_chunks("u", [5, 6, 7, 8, 9], None, WIN, LOO, spec)
+    parsed = spec.parse(tf.constant([to_example(chunk).SerializeToString()]))
+    assert parsed[F.SEQUENCE_ITEMS].numpy().tolist() == [[0, 0, 5, 6, 7]]
+    assert parsed[F.SEQUENCE_LENGTH].numpy().tolist() == [3]
+    assert parsed[F.USER_ID].numpy().tolist() == [b"u"]
+    window = F.sequence_as_window(parsed)
+    assert window[F.HISTORY].numpy().tolist() == [[0, 0, 5, 6]]
+    assert window[F.TARGET].numpy().tolist() == [7]
+
+
+def test_beam_writes_the_same_chunks_as_the_in_memory_path(tmp_path):
+    log = synthetic.SyntheticConfig(num_users=120, num_items=80, num_clusters=4)
+    spec = SequenceSpec(history_length=12)
+    window = WindowConfig(ExampleSpec(history_length=12))
+    config = PreprocessConfig(window=window, sequences=spec)
+    stats = run_preprocessing(readers.SyntheticLog(log), str(tmp_path), config)
+    files = tf.io.gfile.glob(os.path.join(split_dir(str(tmp_path), TRAIN_SEQUENCES), "*.gz"))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    written = spec.parse(tf.constant(records))
+    expected = synthetic_arrays(log, window, sequences=spec).splits[TRAIN_SEQUENCES]
+
+    def rows(arrays):
+        return sorted((u.decode() if isinstance(u, bytes) else u, tuple(items))
+                      for u, items in zip(np.asarray(arrays[F.USER_ID]),
+                                          np.asarray(arrays[F.SEQUENCE_ITEMS]).tolist()))
+
+    assert rows({k: v.numpy() for k, v in written.items()}) == rows(expected)
+    # Every training window's target is a chunk label exactly once.
+    assert stats["examples"][TRAIN_SEQUENCES] == len(records)
+    assert stats["sequence_labels"] == stats["examples"]["train"]
+    schema_path = os.path.join(str(tmp_path), SEQUENCE_SCHEMA_FILE)
+    assert os.path.exists(schema_path)
+    assert validate_examples(files, sequence_schema(spec, stats["items"])) == []
+
+
+def test_no_validation_or_test_target_is_a_training_label_on_all_of_ml1m(ml1m_dir):
+    """Every ML-1M user: the chunks teach exactly the items before the validation target, in
+    order, once each; the validation and test positions never appear, not even as inputs."""
+    spec = SequenceSpec(history_length=200)
+    sequences = {}
+    with gzip.open(os.path.join(ml1m_dir, "sequences.txt.gz"), "rt") as f:
+        for line in f:
+            user, *items = line.split()
+            sequences[user] = ([int(i) for i in items], None)
+    arrays = chunks_to_arrays(sequences, WindowConfig(ExampleSpec(200)), LOO, spec)
+    by_user = {}
+    for user, row in zip(arrays[F.USER_ID], arrays[F.SEQUENCE_ITEMS]):
+        by_user.setdefault(user.decode(), []).append(row[row != 0].tolist())
+    assert len(by_user) == 6040
+    total = 0
+    for user, (items, _) in sequences.items():
+        chunks = by_user[user]
+        labels = [i for c in chunks for i in c[1:]]
+        assert labels == items[1:-2], user
+        inputs = Counter(i for c in chunks for i in c)
+        assert items[-2] not in inputs or items.count(items[-2]) > 1
+        assert items[-1] not in inputs or items.count(items[-1]) > 1
+        total += len(labels)
+    assert total == sum(len(items) - 3 for items, _ in sequences.values())
