@@ -109,6 +109,11 @@ class RetrievalModel(tfrs.Model, abc.ABC):
         self.tower_loss_tracker = tf.keras.metrics.Mean(name="tower_loss")
         self.auxiliary_loss_tracker = tf.keras.metrics.Mean(name="auxiliary_loss")
 
+    # Whether ``compute_loss`` learns from every position of a sequence chunk
+    # (``t2diff_tf.features.sequence_as_window``): next-item models do; per-target models
+    # (T2Diff, the two-towers, ...) train on windows.
+    trains_on_sequences = False
+
     # -- towers ---------------------------------------------------------------------------------
 
     @abc.abstractmethod

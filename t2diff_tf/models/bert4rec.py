@@ -92,6 +92,10 @@ class BERT4Rec(RetrievalModel):
         loss is a full softmax).
     """
 
+
+    # Learns every position of a chunk in one pass (cloze / next item at every position).
+    trains_on_sequences = True
+
     def __init__(self, config: BERT4RecConfig = BERT4RecConfig(), *, num_items: int,
                  item_features: Optional[np.ndarray] = None,
                  item_frequencies: Optional[np.ndarray] = None,

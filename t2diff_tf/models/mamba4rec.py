@@ -51,6 +51,7 @@ import tensorflow as tf
 from t2diff_tf import features as F
 from t2diff_tf.layers.mamba import SCAN_METHODS, MambaEncoder
 from t2diff_tf.models.config import DictConfig
+from t2diff_tf.layers.next_item_loss import NextItemLossConfig
 from t2diff_tf.models.sequential import NextItemModel
 
 
@@ -69,6 +70,7 @@ class Mamba4RecConfig(DictConfig):
       scan: ``"sequential"`` (``tf.scan`` over time; default, fastest on CPU, least memory) or
         ``"parallel"`` (log-depth prefix scan over materialised ``[batch, L, D, N]`` factors).
       all_positions: train on every position's next item (else only on the window's target).
+      loss: the per-position loss (full softmax, sampled softmax or gBCE).
     """
 
     embedding_dim: int = 64
@@ -80,8 +82,11 @@ class Mamba4RecConfig(DictConfig):
     dropout: float = 0.2
     scan: str = "sequential"
     all_positions: bool = True
+    loss: NextItemLossConfig = NextItemLossConfig()
 
     def __post_init__(self):
+        if isinstance(self.loss, dict):
+            object.__setattr__(self, "loss", NextItemLossConfig(**self.loss))
         for name in ("embedding_dim", "num_blocks", "state_dim", "conv_kernel", "expand"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

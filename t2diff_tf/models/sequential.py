@@ -1,10 +1,14 @@
 """Next-item sequence baselines: SASRec (causal Transformer) and GRU4Rec (GRU).
 
 Both read the window's ``history`` as a sequence and, in training, predict the next item at
-*every* valid position (the history's own next behaviours, then the target) with a full softmax
-over the corpus -- the standard way these models are trained, far cheaper per interaction than
-one target per window. At inference ``e_u`` is the output at the last position (the most recent
-behaviour), scored against the item tower like every model of the registry.
+*every* valid position (the history's own next behaviours, then the target) -- the standard way
+these models are trained, far cheaper per interaction than one target per window. Fed the
+sequence layout (``t2diff_tf.features.SequenceSpec`` chunks through
+``t2diff_tf.training.read_sequences``), one pass teaches a whole chunk of a user's history. The
+loss (``config.loss``) is the full softmax over the corpus, a sampled softmax with logQ
+correction over negatives shared by the batch, or gBCE (:mod:`t2diff_tf.layers.next_item_loss`). At
+inference ``e_u`` is the output at the last position (the most recent behaviour), scored against
+the item tower like every model of the registry.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from t2diff_tf import features as F
 from t2diff_tf.layers.causal_transformer import CausalTransformer
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel
 from t2diff_tf.models.config import DictConfig
+from t2diff_tf.layers.next_item_loss import NextItemLoss, NextItemLossConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +36,15 @@ class SequentialConfig(DictConfig):
       num_heads: attention heads (SASRec).
       dropout: dropout rate.
       all_positions: train on every position's next item (else only on the window's target).
+      loss: the per-position loss (full softmax, sampled softmax or gBCE).
+      tied_item_embeddings: score against the input item vectors themselves (SASRec's shared
+        embedding table) instead of a linear item tower on top of them.
+      scale_embeddings: multiply the input item vectors by ``sqrt(d)`` before the encoder (as
+        SASRec's reference code does).
+      normalize: score with L2-normalised user and item vectors (cosine similarity), as HSTU
+        and its TensorFlow reimplementation do; served embeddings are normalised too.
+      temperature: training logits are divided by it (with ``normalize``, 0.05 is HSTU's
+        setting); rankings do not depend on it.
     """
 
     embedding_dim: int = 64
@@ -38,6 +52,17 @@ class SequentialConfig(DictConfig):
     num_heads: int = 1
     dropout: float = 0.2
     all_positions: bool = True
+    loss: NextItemLossConfig = NextItemLossConfig()
+    tied_item_embeddings: bool = False
+    scale_embeddings: bool = False
+    normalize: bool = False
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.loss, dict):
+            object.__setattr__(self, "loss", NextItemLossConfig(**self.loss))
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 class NextItemConfig(Protocol):
@@ -61,37 +86,64 @@ class NextItemModel(RetrievalModel):
                          item_features=item_features, item_frequencies=item_frequencies,
                          example_spec=example_spec, name=name)
         self.config = config
+        if getattr(config, "tied_item_embeddings", False):
+            del self.item_tower  # scores use the input item vectors themselves
+        # STOSA keeps its own Wasserstein softmax and has no ``loss`` field.
+        self.next_item_loss = NextItemLoss(getattr(config, "loss", NextItemLossConfig()),
+                                           num_items, item_frequencies, name="next_item_loss")
+
+    @property
+    def trains_on_sequences(self) -> bool:
+        return bool(self.config.all_positions)
 
     def encode(self, vectors: tf.Tensor, mask: tf.Tensor, training: bool) -> tf.Tensor:
         """``[batch, L, d]`` behaviour vectors -> ``[batch, L, d]`` states (causal)."""
         raise NotImplementedError
 
+    def candidate_embeddings(self, item_ids: tf.Tensor) -> tf.Tensor:
+        """Item tower: ids ``[n]`` -> ``[n, d]``; the input vectors themselves when
+        ``config.tied_item_embeddings``."""
+        if getattr(self.config, "tied_item_embeddings", False):
+            vectors = self.items(item_ids)
+        else:
+            vectors = super().candidate_embeddings(item_ids)
+        return self._normalized(vectors)
+
+    def _normalized(self, vectors: tf.Tensor) -> tf.Tensor:
+        if getattr(self.config, "normalize", False):
+            return tf.math.l2_normalize(vectors, axis=-1)
+        return vectors
+
     def _states(self, history: tf.Tensor, training: bool) -> tf.Tensor:
         mask = tf.not_equal(history, F.PADDING_ID)
         vectors = self.items(history) * tf.cast(mask, tf.float32)[..., None]
+        if getattr(self.config, "scale_embeddings", False):
+            vectors *= float(self.embedding_dim) ** 0.5
         return self.encode(vectors, mask, training)
 
     def user_tower(self, features: Features, training: bool = False
                    ) -> Tuple[tf.Tensor, tf.Tensor]:
         states = self._states(features[F.HISTORY], training)
-        return states[:, -1, :], tf.constant(0.0)
+        return self._normalized(states[:, -1, :]), tf.constant(0.0)
 
     def compute_loss(self, features: Features, training: bool = False) -> tf.Tensor:
-        if not self.config.all_positions:
-            return super().compute_loss(features, training)
+        """Mean ``config.loss`` over the labelled positions: every valid position with
+        ``all_positions`` (labels ``concat(history[:, 1:], target)``), else the last one.
+        ``history`` may be shorter than ``L`` (batches trimmed of left padding)."""
         history = tf.cast(features[F.HISTORY], tf.int64)
         target = tf.cast(tf.reshape(features[F.TARGET], [-1, 1]), tf.int64)
-        states = self._states(history, training)
-        labels = tf.concat([history[:, 1:], target], axis=1)
-        valid = tf.logical_and(tf.not_equal(history, F.PADDING_ID),
-                               tf.not_equal(labels, F.PADDING_ID))
-        queries = tf.boolean_mask(states, valid)
-        logits = tf.matmul(queries, self.corpus_embeddings(), transpose_b=True)
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            tf.boolean_mask(labels, valid) - 1, logits)
-        loss = tf.reduce_mean(losses)
+        if self.config.all_positions:
+            states = self._states(history, training)
+            labels = tf.concat([history[:, 1:], target], axis=1)
+            valid = tf.logical_and(tf.not_equal(history, F.PADDING_ID),
+                                   tf.not_equal(labels, F.PADDING_ID))
+            queries = self._normalized(tf.boolean_mask(states, valid))
+            labels = tf.boolean_mask(labels, valid)
+        else:
+            queries, labels = self.user_tower(features, training)[0], target[:, 0]
+        queries /= getattr(self.config, "temperature", 1.0)
+        loss = self.next_item_loss(queries, labels, self.candidate_embeddings)
         return self.total_loss(loss)
-
 
 
 class SASRec(NextItemModel):

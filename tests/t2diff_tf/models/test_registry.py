@@ -88,3 +88,31 @@ def test_registered_model_trains_ranks_and_serves(name, tmp_path):
     loaded = tf.saved_model.load(str(tmp_path / "user_tower"))
     served = loaded.signatures["serving_default"](**query)["user_embedding"].numpy()
     np.testing.assert_allclose(served, e_u, rtol=1e-4, atol=1e-5)
+
+
+SEQUENCE_MODELS = ("bert4rec", "contrast_vae", "gru4rec", "mamba4rec", "sasrec", "stosa")
+
+
+def test_the_models_that_learn_every_position_say_so():
+    trains = {name for name in CONFIGS
+              if build_model(name, CONFIGS[name], num_items=NUM_ITEMS,
+                             example_spec=SPEC).trains_on_sequences}
+    assert trains == set(SEQUENCE_MODELS)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_sequence_models_train_on_trimmed_chunks(name):
+    """A batch of chunks, trimmed to fewer columns than ``L``, trains every weight the window
+    batch does."""
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(name, CONFIGS[name], num_items=NUM_ITEMS, item_features=GENRES,
+                        item_frequencies=np.full(NUM_ITEMS + 1, 1.0 / NUM_ITEMS),
+                        example_spec=SPEC)
+    chunks = {F.SEQUENCE_ITEMS: tf.constant([[0, 0, 3, 4, 5], [6, 7, 8, 9, 10]], tf.int64)}
+    batch = F.sequence_as_window(chunks)
+    assert batch[F.HISTORY].shape == (2, 4)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(batch, training=True)
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert np.isfinite(float(loss))
+    assert sum(g is not None for g in grads) > 0

@@ -40,3 +40,36 @@ def test_sasrec_learns_an_order_a_bag_cannot_see(order_task):
     model = build_model("sasrec", {"embedding_dim": 16, "dropout": 0.0}, num_items=6,
                         example_spec=SPEC)
     order_task().assert_learned(model, learning_rate=0.02, epochs=15)
+
+
+def test_tied_normalised_sasrec_scores_cosines_and_divides_by_the_temperature():
+    config = {"embedding_dim": 8, "dropout": 0.0, "tied_item_embeddings": True,
+              "scale_embeddings": True, "normalize": True, "temperature": 0.05}
+    model = build_model("sasrec", config, num_items=10, example_spec=SPEC)
+    features = two_windows()
+    e_u = model.query_embeddings(features).numpy()
+    corpus = model.corpus_embeddings().numpy()
+    np.testing.assert_allclose(np.linalg.norm(e_u, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(corpus, axis=1), 1.0, atol=1e-5)
+    # Tied: the candidates are the (normalised) input item vectors, no item tower.
+    raw = model.items(tf.range(1, 11)).numpy()
+    np.testing.assert_allclose(corpus, raw / np.linalg.norm(raw, axis=1, keepdims=True),
+                               atol=1e-6)
+    assert not any("item_tower" in v.name for v in model.trainable_variables)
+    states = model._states(features[F.HISTORY], training=False).numpy()
+    states /= np.linalg.norm(states, axis=-1, keepdims=True)
+    expected = next_item_softmax_loss(states / 0.05, corpus, features)
+    assert float(model.compute_loss(features)) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["sampled_softmax", "gbce"])
+def test_sampled_losses_train_every_position(kind):
+    model = build_model("sasrec", {"embedding_dim": 8, "loss": {"kind": kind,
+                                                                 "num_negatives": 4}},
+                        num_items=10, item_frequencies=np.arange(11.0), example_spec=SPEC)
+    features = two_windows()
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(features, training=True)
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert np.isfinite(float(loss)) and float(loss) > 0
+    assert all(g is not None for g in grads)
