@@ -10,8 +10,9 @@ target per example:
 * **MRR@K** -- ``1 / rank`` if ``rank <= K`` else 0.
 * **NDCG@K** -- ``1 / log2(1 + rank)`` if ``rank <= K`` else 0.
 
-Optionally the items already in the example's ``history`` are excluded from the ranking (the
-target itself never is). Reported values are means over examples; the 95% intervals are a
+Optionally the items the user has already seen are excluded from the ranking (the target itself
+never is): the example's ``seen_items`` when it has them (the whole history), else its
+``history`` window (the last ``L`` items). Reported values are means over examples; the 95% intervals are a
 percentile bootstrap over *users* (each user's examples are resampled together), seeded.
 :func:`paired_difference` compares two models ranked on the same examples: one bootstrap draw
 of users serves both, so the interval of the difference is not the (wider) pair of intervals.
@@ -183,7 +184,8 @@ def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
         here by ``batch_size``); needs the query features and ``target``; ``user_id`` groups the
         bootstrap.
       ks: cut-offs.
-      exclude_history: remove the example's history items from the ranking.
+      exclude_history: remove the items the user has seen from the ranking: ``seen_items``
+        when the examples carry it, else the ``history`` window.
       num_bootstrap: bootstrap resamples (0: no intervals).
       confidence: interval level.
       seed: bootstrap seed.
@@ -199,12 +201,17 @@ def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
         else:
             queries = model.query_embeddings(features, training=False)
             scores = tf.matmul(queries, corpus, transpose_b=True)
-        exclude = features[F.HISTORY] if exclude_history else None
+        exclude = None
+        if exclude_history:
+            exclude = features[F.SEEN_ITEMS] if F.SEEN_ITEMS in features else features[F.HISTORY]
         return target_ranks(scores, features[F.TARGET], exclude)
 
     ranks, users = [], []
     for batch in _batches(dataset, batch_size):
-        query = {name: batch[name] for name in F.QUERY_FEATURES + (F.TARGET,)}
+        names = F.QUERY_FEATURES + (F.TARGET,)
+        if exclude_history and F.SEEN_ITEMS in batch:
+            names += (F.SEEN_ITEMS,)
+        query = {name: batch[name] for name in names}
         ranks.append(rank_batch(query).numpy())
         if F.USER_ID in batch:
             users.append(np.asarray(batch[F.USER_ID]))

@@ -8,11 +8,24 @@
 validation metric after every epoch (``val_recall@20`` by default), stops when it has not improved
 for ``early_stopping_patience`` epochs and restores the best weights: model selection on the
 validation split only.
+
+Training data comes in two layouts: windows (``read_examples`` / ``arrays_dataset``) and
+sequence chunks (``read_sequences`` / ``sequence_arrays_dataset``), which are batched by length
+(similar lengths together) and trimmed of the left padding every row of a batch shares, so a
+next-item model spends little on padding.
+
+With ``TrainConfig.checkpoint_dir`` training is resumable: the model and optimizer are
+checkpointed after every epoch (Keras ``BackupAndRestore``), and so are the selection state and
+the best weights; running the same command again continues after the last finished epoch, and a
+run that had finished only restores its selected weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -43,6 +56,12 @@ class TrainConfig:
         (workers from ``TF_CONFIG``).
       seed: seeds weights and shuffling.
       verbose: Keras progress output (0, 1 or 2).
+      exclude_seen: validation ranks without the items the user has seen (``seen_items`` when
+        the validation examples carry it, else the history window).
+      checkpoint_dir: makes training resumable (see the module docstring); ``None``: off.
+      time_budget_seconds: stop after the epoch in which the training wall time (validation
+        excluded) reaches this budget; the best validation epoch so far is restored, so the
+        model is the one a user would have after that much training. ``None``: no budget.
     """
 
     epochs: int = 10
@@ -55,6 +74,9 @@ class TrainConfig:
     strategy: str = "default"
     seed: int = 0
     verbose: int = 2
+    exclude_seen: bool = False
+    checkpoint_dir: Optional[str] = None
+    time_budget_seconds: Optional[float] = None
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -89,13 +111,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 # Input
 
 
-def read_examples(file_patterns: Union[str, Sequence[str]], spec: F.ExampleSpec,
-                  batch_size: int, shuffle_buffer: int = 0, seed: int = 0,
-                  with_user_id: bool = True) -> tf.data.Dataset:
-    """Gzipped tf.Example TFRecords (the preprocessing's ``Split-*`` files) -> batched dicts.
-
-    Sequence features come out ``[batch, L]`` int64, scalars ``[batch]``.
-    """
+def _serialized_records(file_patterns: Union[str, Sequence[str]], shuffle_buffer: int,
+                        seed: int) -> tf.data.Dataset:
+    """The serialized records of gzipped TFRecord files (globs allowed), optionally shuffled."""
     patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
     files = sorted(f for pattern in patterns for f in tf.io.gfile.glob(pattern))
     if not files:
@@ -104,6 +122,17 @@ def read_examples(file_patterns: Union[str, Sequence[str]], spec: F.ExampleSpec,
                                       num_parallel_reads=tf.data.AUTOTUNE)
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset
+
+
+def read_examples(file_patterns: Union[str, Sequence[str]], spec: F.ExampleSpec,
+                  batch_size: int, shuffle_buffer: int = 0, seed: int = 0,
+                  with_user_id: bool = True) -> tf.data.Dataset:
+    """Gzipped tf.Example TFRecords (the preprocessing's ``Split-*`` files) -> batched dicts.
+
+    Sequence features come out ``[batch, L]`` int64, scalars ``[batch]``.
+    """
+    dataset = _serialized_records(file_patterns, shuffle_buffer, seed)
     dataset = dataset.batch(batch_size).map(
         lambda s: spec.parse(s, with_user_id=with_user_id), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -111,18 +140,72 @@ def read_examples(file_patterns: Union[str, Sequence[str]], spec: F.ExampleSpec,
 
 def arrays_dataset(arrays: Arrays, batch_size: int, shuffle_buffer: int = 0,
                    seed: int = 0) -> tf.data.Dataset:
-    """In-memory window arrays (``components.preprocessing.inmemory``) -> batched dicts."""
-    names = F.QUERY_FEATURES + (F.TARGET,)
+    """In-memory window arrays (``components.preprocessing.inmemory``) -> batched dicts
+    (with ``seen_items`` when the arrays have it, for evaluation)."""
+    names = F.QUERY_FEATURES + (F.TARGET,) + tuple(n for n in (F.SEEN_ITEMS,) if n in arrays)
     dataset = tf.data.Dataset.from_tensor_slices({n: arrays[n] for n in names})
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _trim_left_padding(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Drops the leading columns that are padding in every row of a batch of chunks:
+    ``sequence_*`` ``[batch, L + 1]`` -> ``[batch, l + 1]``, ``l + 1`` the longest chunk."""
+    width = tf.shape(batch[F.SEQUENCE_ITEMS])[1]
+    keep = tf.maximum(tf.cast(tf.reduce_max(batch[F.SEQUENCE_LENGTH]), tf.int32), 2)
+    start = width - tf.minimum(keep, width)
+    return {name: value[:, start:] if name in F.CHUNK_FEATURES else value
+            for name, value in batch.items()}
+
+
+def batch_sequences(dataset: tf.data.Dataset, batch_size: int, num_buckets: int = 8,
+                    max_length: Optional[int] = None) -> tf.data.Dataset:
+    """Unbatched chunk dicts -> batches of chunks of similar length, left padding trimmed,
+    as next-item features (``history`` ``[batch, l]``, ``target`` ``[batch]``; see
+    :func:`t2diff_tf.features.sequence_as_window`).
+
+    Chunks are grouped into ``num_buckets`` length ranges of equal width; a bucket emits a batch
+    when it holds ``batch_size`` chunks (the rest at the end of the pass).
+    """
+    width = max(1, -(-int(max_length or 1) // num_buckets))
+
+    def bucket(chunk):
+        return tf.cast(chunk[F.SEQUENCE_LENGTH], tf.int64) // width
+
+    dataset = dataset.group_by_window(bucket, lambda _, chunks: chunks.batch(batch_size),
+                                      window_size=batch_size)
+    return dataset.map(lambda b: F.sequence_as_window(_trim_left_padding(b)),
+                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def read_sequences(file_patterns: Union[str, Sequence[str]], spec: F.SequenceSpec,
+                   batch_size: int, shuffle_buffer: int = 0, seed: int = 0,
+                   num_buckets: int = 8) -> tf.data.Dataset:
+    """Gzipped sequence-chunk TFRecords (``Split-train_sequences``) -> length-bucketed batches
+    of next-item features (see :func:`batch_sequences`)."""
+    dataset = _serialized_records(file_patterns, shuffle_buffer, seed)
+    dataset = dataset.map(lambda s: spec.parse(s[None], with_user_id=False),
+                          num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    return batch_sequences(dataset, batch_size, num_buckets, spec.chunk_length)
+
+
+def sequence_arrays_dataset(arrays: Arrays, batch_size: int, shuffle_buffer: int = 0,
+                            seed: int = 0, num_buckets: int = 8) -> tf.data.Dataset:
+    """In-memory chunk arrays (``inmemory.chunks_to_arrays``) -> length-bucketed batches of
+    next-item features (see :func:`batch_sequences`)."""
+    names = (F.SEQUENCE_ITEMS, F.SEQUENCE_LENGTH)
+    dataset = tf.data.Dataset.from_tensor_slices({n: arrays[n] for n in names})
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return batch_sequences(dataset, batch_size, num_buckets,
+                           int(arrays[F.SEQUENCE_ITEMS].shape[1]))
+
+
 def _training_features(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Drops ``user_id`` (a string a replica cannot split) and the timestamp."""
     keep = F.QUERY_FEATURES + (F.TARGET,)
-    dataset = dataset.map(lambda b: {n: b[n] for n in keep})
+    dataset = dataset.map(lambda b: {n: b[n] for n in keep if n in b})
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
@@ -134,20 +217,118 @@ def _training_features(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 class ValidationRanking(tf.keras.callbacks.Callback):
     """After each epoch, ranks the validation targets over the whole corpus and logs
-    ``val_<metric>`` (e.g. ``val_recall@20``) for early stopping and TensorBoard."""
+    ``val_<metric>`` (e.g. ``val_recall@20``) for selection and TensorBoard, with
+    ``train_seconds`` (training wall time so far, validation excluded): the time-to-quality
+    curve. Stops training once ``train_seconds`` reaches ``time_budget_seconds``."""
 
-    def __init__(self, dataset, ks: Sequence[int]):
+    def __init__(self, dataset, ks: Sequence[int], exclude_seen: bool = False,
+                 time_budget_seconds: Optional[float] = None):
         super().__init__()
+        self.time_budget_seconds = time_budget_seconds
         self._dataset = dataset
         self._ks = tuple(ks)
+        self._exclude_seen = exclude_seen
         self.history: List[Dict[str, float]] = []
+        self.train_seconds = 0.0
+        self._epoch_start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        result = M.evaluate(self.model, self._dataset, ks=self._ks, num_bootstrap=0)
+        if self._epoch_start is not None:
+            self.train_seconds += time.perf_counter() - self._epoch_start
+        result = M.evaluate(self.model, self._dataset, ks=self._ks, num_bootstrap=0,
+                            exclude_history=self._exclude_seen)
         values = {f"val_{k}": v for k, v in result.metrics.items()}
+        values["train_seconds"] = round(self.train_seconds, 2)
         self.history.append(values)
         if logs is not None:
             logs.update(values)
+        if self.time_budget_seconds is not None and self.train_seconds >= self.time_budget_seconds:
+            self.model.stop_training = True
+
+
+SELECTION_STATE = "selection.json"
+BEST_WEIGHTS = "best"
+
+
+class ValidationSelection(tf.keras.callbacks.Callback):
+    """Early stopping on a validation metric that keeps the best weights, and that survives a
+    kill: with a ``directory`` its state (per-epoch logs, best epoch, patience left) and the
+    best weights are written after every epoch and read back when training starts again.
+
+    Args:
+      monitor: the logged metric to maximise (e.g. ``"val_recall@20"``).
+      patience: epochs without improvement before stopping (0: never stop early).
+      directory: where the state lives; ``None`` keeps it in memory only.
+    """
+
+    def __init__(self, monitor: str, patience: int, directory: Optional[str] = None):
+        super().__init__()
+        self.monitor = monitor
+        self.patience = int(patience)
+        self.directory = directory
+        self.state = {"epochs": [], "best": None, "best_epoch": None, "wait": 0,
+                      "finished": False}
+        self._best_weights = None
+        if directory and tf.io.gfile.exists(os.path.join(directory, SELECTION_STATE)):
+            with tf.io.gfile.GFile(os.path.join(directory, SELECTION_STATE)) as f:
+                self.state = json.load(f)
+
+    @property
+    def best_weights_path(self) -> Optional[str]:
+        return os.path.join(self.directory, BEST_WEIGHTS) if self.directory else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        record = {k: float(v) for k, v in logs.items() if np.isscalar(v)}
+        record["epoch"] = epoch + 1
+        # An epoch trained again after a kill (its backup had not been written) replaces its
+        # earlier record.
+        self.state["epochs"] = [r for r in self.state["epochs"] if r["epoch"] <= epoch]
+        self.state["epochs"].append(record)
+        value = record.get(self.monitor)
+        if value is not None and (self.state["best"] is None or value > self.state["best"]):
+            self.state.update(best=value, best_epoch=epoch + 1, wait=0)
+            self._best_weights = self.model.get_weights()
+            if self.directory:
+                self.model.save_weights(self.best_weights_path)
+        else:
+            self.state["wait"] += 1
+            if self.patience and self.state["wait"] >= self.patience:
+                self.model.stop_training = True
+                self.state["stopped_early"] = True
+        self._save()
+
+    def on_train_end(self, logs=None):
+        self.state["finished"] = True
+        self._save()
+        self.restore_best(self.model)
+
+    def restore_best(self, model) -> None:
+        """Loads the best weights into ``model`` (no-op before any epoch)."""
+        if self._best_weights is not None:
+            model.set_weights(self._best_weights)
+        elif self.directory and self.state["best_epoch"] is not None:
+            model.load_weights(self.best_weights_path)
+
+    def history(self) -> Dict[str, List[float]]:
+        """Keras-style ``{name: [value per epoch]}`` over every epoch, resumed ones included."""
+        out: Dict[str, List[float]] = {}
+        for record in self.state["epochs"]:
+            for name, value in record.items():
+                if name != "epoch":
+                    out.setdefault(name, []).append(value)
+        return out
+
+    def _save(self):
+        if self.directory:
+            tf.io.gfile.makedirs(self.directory)
+            path = os.path.join(self.directory, SELECTION_STATE)
+            with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+                json.dump(self.state, f)
+            tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
@@ -155,17 +336,22 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
         callbacks: Sequence[tf.keras.callbacks.Callback] = (),
         log_dir: Optional[str] = None, strategy: Optional[tf.distribute.Strategy] = None
         ) -> Tuple[tf.keras.Model, Dict[str, List[float]]]:
-    """Builds (in the strategy's scope) and trains a model; returns it with the Keras history.
+    """Builds (in the strategy's scope) and trains a model; returns it with the history.
 
     Args:
       build: makes the model (e.g. ``lambda: build_model(name, cfg, num_items=N)``).
-      train: batched training dicts (``read_examples`` / ``arrays_dataset``).
+      train: batched training dicts (``read_examples`` / ``arrays_dataset`` for windows,
+        ``read_sequences`` / ``sequence_arrays_dataset`` for sequence chunks).
       validation: batched validation dicts, or ``None`` to train ``epochs`` without selection.
-      config: optimisation and selection settings.
+      config: optimisation, selection and checkpoint settings.
       callbacks: extra Keras callbacks.
       log_dir: TensorBoard log directory.
       strategy: an existing strategy (default: ``make_strategy(config.strategy)``; pass one made
         at program start for ``multi_worker_mirrored``).
+
+    Returns:
+      The model (best validation epoch restored) and ``{name: [value per epoch]}`` (losses,
+      ``val_*`` metrics and ``train_seconds``), resumed epochs included.
     """
     strategy = strategy or make_strategy(config.strategy)
     tf.keras.utils.set_random_seed(config.seed)
@@ -173,15 +359,41 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
         model = build()
         model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     all_callbacks = list(callbacks)
+    selection = None
+    directory = config.checkpoint_dir
     if validation is not None:
         monitor = f"val_{config.selection_metric}"
-        all_callbacks.append(ValidationRanking(validation, sorted({config.selection_k, 20})))
-        all_callbacks.append(tf.keras.callbacks.EarlyStopping(
-            monitor=monitor, mode="max", restore_best_weights=True, verbose=0,
-            patience=config.early_stopping_patience or config.epochs))
+        all_callbacks.append(ValidationRanking(validation, sorted({config.selection_k, 10, 20}),
+                                               exclude_seen=config.exclude_seen,
+                                               time_budget_seconds=config.time_budget_seconds))
+        selection = ValidationSelection(monitor, config.early_stopping_patience,
+                                        os.path.join(directory, "selection") if directory
+                                        else None)
+        all_callbacks.append(selection)
+    if directory:
+        # Last, so that an epoch's selection state is on disk before its backup.
+        all_callbacks.append(tf.keras.callbacks.BackupAndRestore(
+            os.path.join(directory, "backup"), delete_checkpoint=False))
     if log_dir:
         all_callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
+    if directory:
+        # Checkpoints restore into existing variables: create them all (towers, loss) first.
+        with strategy.scope():
+            for batch in _training_features(train).take(1):
+                model(batch)
+                model.compute_loss(batch)
+    if selection is not None and selection.state["finished"] and (
+            selection.state.get("stopped_early")
+            or len(selection.state["epochs"]) >= config.epochs):
+        # A finished run: nothing to train; restore the selected weights.
+        selection.restore_best(model)
+        return model, selection.history()
+    if selection is not None and selection.state["epochs"]:
+        previous = selection.state["epochs"][-1].get("train_seconds", 0.0)
+        for callback in all_callbacks:
+            if isinstance(callback, ValidationRanking):
+                callback.train_seconds = previous
     history = model.fit(_training_features(train), epochs=config.epochs,
                         steps_per_epoch=config.steps_per_epoch, callbacks=all_callbacks,
                         verbose=config.verbose)
-    return model, history.history
+    return model, selection.history() if selection is not None else history.history

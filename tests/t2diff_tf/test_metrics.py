@@ -116,3 +116,23 @@ def test_evaluate_with_a_known_model():
     # Per-example ranks in dataset order, with their users, for paired comparisons.
     np.testing.assert_array_equal(result.ranks, [1, 1, 6, 6])
     np.testing.assert_array_equal(result.groups, data[F.USER_ID])
+
+
+def test_seen_items_beyond_the_window_are_excluded_too():
+    """``seen_items`` (the whole history) replaces the window's last-L history for exclusion."""
+    n = 6
+    history = np.array([[0, 1], [0, 2]])
+    data = {
+        F.HISTORY: history, F.HISTORY_TIME_LAG: np.ones_like(history),
+        F.HISTORY_SESSION: np.zeros_like(history), F.SESSION_LENGTH: np.array([1, 1]),
+        F.TARGET: np.array([5, 6]),
+        F.USER_ID: np.array([b"a", b"b"]),
+    }
+    # Both targets tie at score 0 with every item but the predicted one.
+    window_only = evaluate(_FixedModel(n), data, ks=(10,), exclude_history=True, num_bootstrap=0)
+    np.testing.assert_array_equal(window_only.ranks, [5, 5])   # item 1 (2) dropped
+    data[F.SEEN_ITEMS] = np.array([[3, 4, 1, 0], [1, 3, 4, 2]])
+    full = evaluate(_FixedModel(n), data, ks=(10,), exclude_history=True, num_bootstrap=0)
+    np.testing.assert_array_equal(full.ranks, [3, 2])
+    # Without exclusion seen_items changes nothing.
+    assert evaluate(_FixedModel(n), data, ks=(10,), num_bootstrap=0).ranks.tolist() == [6, 6]

@@ -1,4 +1,5 @@
-"""Training: validation-based selection, and two workers on loopback (MultiWorkerMirrored)."""
+"""Training: validation-based selection, two workers on loopback (MultiWorkerMirrored), the
+sequence layout's batches, and kill-and-resume."""
 
 import json
 import os
@@ -12,9 +13,11 @@ import pytest
 
 from components.preprocessing.inmemory import synthetic_arrays
 from components.preprocessing.synthetic import SyntheticConfig
+from components.preprocessing.config import WindowConfig
+from t2diff_tf import features as F
 from t2diff_tf import metrics as M
 from t2diff_tf.models.registry import build_model
-from t2diff_tf.training import TrainConfig, arrays_dataset, fit
+from t2diff_tf.training import TrainConfig, arrays_dataset, fit, sequence_arrays_dataset
 
 DATA = SyntheticConfig(num_users=200, num_items=120, num_clusters=8)
 
@@ -30,6 +33,17 @@ def test_fit_restores_the_best_validation_epoch():
     assert len(history["val_recall@20"]) == 4
     final = M.evaluate(model, data.splits["validation"], ks=(20,), num_bootstrap=0)
     assert final["recall@20"] == pytest.approx(max(history["val_recall@20"]))
+
+
+def test_a_time_budget_stops_after_the_epoch_that_reaches_it():
+    data = synthetic_arrays(DATA)
+    config = TrainConfig(epochs=50, batch_size=64, early_stopping_patience=0, verbose=0,
+                         time_budget_seconds=1e-6)
+    _, history = fit(lambda: build_model("mean_pool_two_tower", {"embedding_dim": 8},
+                                         num_items=data.num_items),
+                     arrays_dataset(data.splits["train"], 64),
+                     arrays_dataset(data.splits["validation"], 256), config)
+    assert len(history["val_recall@20"]) == 1
 
 
 WORKER = textwrap.dedent("""
@@ -91,3 +105,116 @@ def test_two_workers_on_loopback_train_like_one(tmp_path):
     # Same data, same global batch: the same quality within noise.
     assert abs(a["recall@20"] - reference["recall@20"]) < 0.08
     assert np.isfinite(a["loss"]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# The sequence layout
+
+
+def _chunks(lengths, width=9):
+    items = np.zeros([len(lengths), width], np.int64)
+    for row, n in enumerate(lengths):
+        items[row, width - n:] = np.arange(1, n + 1) + 10 * row
+    return {F.SEQUENCE_ITEMS: items, F.SEQUENCE_LENGTH: np.asarray(lengths, np.int64)}
+
+
+def test_sequence_batches_group_lengths_and_trim_shared_padding():
+    lengths = [2, 9, 3, 8, 2, 9, 3, 8, 4, 5]
+    arrays = _chunks(lengths)
+    seen = []
+    for batch in sequence_arrays_dataset(arrays, batch_size=2, num_buckets=3):
+        history, target = batch[F.HISTORY].numpy(), batch[F.TARGET].numpy()
+        lengths = (history != 0).sum(1) + 1          # valid items of each chunk
+        # Trimmed to the longest chunk of the batch; chunks of one batch share a length bucket
+        # (3 buckets of width 3 over chunks of up to 9 items).
+        assert history.shape[1] + 1 == lengths.max()
+        assert len({n // 3 for n in lengths}) == 1
+        for h, t in zip(history, target):
+            seen.append(tuple(h[h != 0].tolist()) + (int(t),))
+    expected = sorted(tuple(row[row != 0].tolist()) for row in arrays[F.SEQUENCE_ITEMS])
+    assert sorted(seen) == expected        # every chunk once, labels = the chunk shifted
+
+
+def test_sasrec_learns_from_sequence_chunks():
+    # Many clusters and a flat popularity: the next item is predictable from the sequence only.
+    log = SyntheticConfig(num_users=400, num_items=300, num_clusters=30, zipf_exponent=0.3)
+    window = WindowConfig(F.ExampleSpec(history_length=20))
+    data = synthetic_arrays(log, window, sequences=F.SequenceSpec(history_length=20))
+    counts = np.bincount(data.splits["train"]["target"], minlength=data.num_items + 1)
+    counts[0] = -1
+    popularity = np.isin(data.splits["validation"]["target"], np.argsort(-counts)[:20]).mean()
+    config = TrainConfig(epochs=5, batch_size=32, learning_rate=0.005, verbose=0,
+                         early_stopping_patience=0)
+    model, history = fit(
+        lambda: build_model("sasrec", {"embedding_dim": 16, "tied_item_embeddings": True,
+                                       "scale_embeddings": True},
+                            num_items=data.num_items, example_spec=window.example),
+        sequence_arrays_dataset(data.splits["train_sequences"], 32, 10_000),
+        arrays_dataset(data.splits["validation"], 256), config)
+    assert history["loss"][-1] < history["loss"][0]
+    assert len(history["train_seconds"]) == 5 and np.all(np.diff(history["train_seconds"]) > 0)
+    assert max(history["val_recall@20"]) > popularity + 0.05
+
+
+KILLED_RUN = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+    from components.preprocessing.config import WindowConfig
+    from components.preprocessing.inmemory import synthetic_arrays
+    from components.preprocessing.synthetic import SyntheticConfig
+    from t2diff_tf import features as F
+    from t2diff_tf.models.registry import build_model
+    from t2diff_tf.training import TrainConfig, arrays_dataset, fit, sequence_arrays_dataset
+
+    class KillAt(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            print("EPOCH", epoch, int(self.model.optimizer.iterations.numpy()), flush=True)
+            if epoch == int(sys.argv[2]):
+                os._exit(9)  # a hard kill: no cleanup runs
+
+    spec, window = F.SequenceSpec(12), WindowConfig(F.ExampleSpec(12))
+    data = synthetic_arrays(SyntheticConfig(num_users=120, num_items=60, num_clusters=4),
+                            window, sequences=spec)
+    config = TrainConfig(epochs=4, batch_size=32, verbose=0, early_stopping_patience=0,
+                         checkpoint_dir=sys.argv[1])
+    model, history = fit(lambda: build_model("sasrec", {"embedding_dim": 8},
+                                             num_items=data.num_items,
+                                             example_spec=window.example),
+                         sequence_arrays_dataset(data.splits["train_sequences"], 32, 0),
+                         arrays_dataset(data.splits["validation"], 256), config,
+                         callbacks=[KillAt()])
+    print("RESULT " + json.dumps(history))
+""")
+
+
+def test_a_killed_run_resumes_after_its_last_epoch(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_RUN)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    checkpoints = str(tmp_path / "checkpoints")
+
+    def run(kill_at):
+        return subprocess.run([sys.executable, str(script), checkpoints, str(kill_at)], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    killed = run(2)
+    assert killed.returncode == 9, killed.stderr[-3000:]
+    started = [line.split() for line in killed.stdout.splitlines() if line.startswith("EPOCH")]
+    assert [int(e) for _, e, _ in started] == [0, 1, 2]
+    steps_done = int(started[-1][2])
+
+    resumed = run(-1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    started = [line.split() for line in resumed.stdout.splitlines() if line.startswith("EPOCH")]
+    # The same command continues at the third epoch, with the optimizer's state restored.
+    assert [int(e) for _, e, _ in started] == [2, 3]
+    assert int(started[0][2]) == steps_done
+    history = _result(resumed.stdout)
+    assert len(history["val_recall@20"]) == 4 and len(history["loss"]) == 4
+
+    # A finished run is not trained again: it restores its selected weights.
+    again = run(-1)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "EPOCH" not in again.stdout
+    assert _result(again.stdout)["val_recall@20"] == history["val_recall@20"]
