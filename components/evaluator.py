@@ -62,9 +62,14 @@ def serving_dir(model_uri: str) -> str:
     return os.path.join(model_uri, SERVING_DIR)
 
 
-def example_spec(examples_uri: str) -> F.ExampleSpec:
+def preprocess_config(examples_uri: str) -> PreprocessConfig:
+    """The configuration an examples artifact was written with (from its ``stats.json``)."""
     with tf.io.gfile.GFile(os.path.join(examples_uri, STATS_FILE)) as f:
-        return PreprocessConfig.from_json(json.load(f)["config"]).window.example
+        return PreprocessConfig.from_json(json.load(f)["config"])
+
+
+def example_spec(examples_uri: str) -> F.ExampleSpec:
+    return preprocess_config(examples_uri).window.example
 
 
 def evaluate_saved_model(model_uri: str, examples_uri: str, split: str, ks: Sequence[int],

@@ -1,7 +1,7 @@
 """``PreprocessLogs``: the Beam preprocessing as a TFX component.
 
 Its ``Examples`` artifact holds what ``run_preprocessing`` writes: ``Split-train``,
-``Split-validation``, ``Split-test`` (gzipped tf.Example TFRecords, as ExampleGen writes them, so
+``Split-validation``, ``Split-test`` (and ``Split-train_sequences`` with a sequence layout; gzipped tf.Example TFRecords, as ExampleGen writes them, so
 StatisticsGen, SchemaGen, ExampleValidator and the Trainer read them as usual), plus the item
 vocabulary, item features, schema, dead letters and stats at the artifact's root.
 """
@@ -15,7 +15,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
-from components.preprocessing.config import SPLITS
+from components.preprocessing.config import SPLITS, TRAIN_SEQUENCES
 from components.preprocessing.schema import read_schema, validate_examples
 from components.preprocessing.sources import SourceConfig
 from components.preprocessing.transforms import PreprocessConfig, run_preprocessing, split_dir
@@ -63,7 +63,10 @@ def PreprocessLogs(
                               pipeline=beam_pipeline)
     if schema_path:
         check_against_schema(examples.uri, schema_path)
-    examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
+    # The sequence chunks (when asked for) are a split of their own, for the Trainer only:
+    # the pipeline keeps them out of StatisticsGen (their features are not the windows').
+    splits = list(SPLITS) + ([TRAIN_SEQUENCES] if config.sequences is not None else [])
+    examples.split_names = artifact_utils.encode_split_names(splits)
     examples.set_string_custom_property("file_format", "tfrecords_gzip")
     examples.set_string_custom_property("payload_format", "FORMAT_TF_EXAMPLE")
     for key in ("interactions_read", "kept", "rejected", "items", "users_kept"):

@@ -82,4 +82,5 @@ class PipelineConfig:
 
     def trainer_custom_config(self, model: str, model_config: Optional[dict]) -> dict:
         return {"model": model, "model_config": json.dumps(model_config or {}),
-                "train": json.dumps(dataclasses.asdict(self.train))}
+                "train": json.dumps(dataclasses.asdict(self.train)),
+                "checkpoint_root": os.path.join(self.pipeline_root, "checkpoints")}

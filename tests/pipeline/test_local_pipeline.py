@@ -136,3 +136,27 @@ def test_schema_mismatch_stops_the_run_and_pushes_nothing(tmp_path):
         "does not match schema" in repr(raised.value.__cause__)
     assert not glob.glob(f"{config.serving_destination}/**/saved_model.pb", recursive=True)
     assert not glob.glob(f"{config.pipeline_root}/Trainer/model/*/Format-Serving/saved_model.pb")
+
+
+def test_sequence_layout_trains_next_item_models_on_chunks(tmp_path):
+    """With --sequence-length the examples hold the chunks too: SASRec trains on them, the
+    mean-pooled baseline keeps the windows, and statistics cover the window splits only."""
+    config = config_for(tmp_path, "--sequence-length", "20", "--model", "sasrec",
+                        "--baseline-model", "mean_pool_two_tower",
+                        "--model-config", '{"embedding_dim": 16, "tied_item_embeddings": true}')
+    local.run(config)
+    root = config.pipeline_root
+    examples = one(f"{root}/PreprocessLogs/examples/*")
+    assert glob.glob(f"{examples}/Split-train_sequences/data_tfrecord-*.gz")
+    stats = json.load(open(f"{examples}/stats.json"))
+    assert stats["sequence_labels"] == stats["examples"]["train"]
+    statistics = one(f"{root}/StatisticsGen/statistics/*")
+    assert not os.path.exists(f"{statistics}/Split-train_sequences")
+    layouts = {name: json.load(open(one(f"{root}/{name}/model/*/Format-Serving/assets.extra/"
+                                        "training.json")))["layout"]
+               for name in ("Trainer", "BaselineTrainer")}
+    assert layouts == {"Trainer": "sequences", "BaselineTrainer": "windows"}
+    # Checkpoints are kept only while a Trainer runs.
+    assert not glob.glob(f"{root}/checkpoints/*")
+    report = json.load(open(one(f"{root}/RetrievalEvaluator/evaluation/*/metrics.json")))
+    assert report["model"]["num_examples"] == stats["examples"]["test"]
