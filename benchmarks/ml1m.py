@@ -6,9 +6,14 @@
 For each protocol the log is preprocessed once (Beam, cached under ``--work-dir``). For each run
 and seed the model trains on the training windows, the epoch is selected on the validation split
 (``val_recall@20``, early stopping), and the test split is ranked once over the whole corpus
-(every item, seen items included) with bootstrap 95% intervals over users. Recorded per run:
+twice with bootstrap 95% intervals over users: every item ranked (seen items included), and
+with the items the user has already seen removed (their whole history, as SASRec+, gSASRec and
+HSTU-Tensorflow evaluate; ``metrics_seen_excluded``). Recorded per run:
 metrics, intervals, parameters, training time, epochs, inference ms/user (user tower at batch 1
-and 256). Writes ``<output>.json`` and ``<output>.md`` (a Markdown table shaped like the paper's
+and 256), the validation curve against training wall seconds (time to quality). With
+``--layout sequences`` the training data are sequence chunks of ``--history-length`` inputs
+(every training interaction a label once per epoch) instead of windows; ``--checkpoint-dir``
+makes each run resumable (rerun the same command after a kill). Writes ``<output>.json`` and ``<output>.md`` (a Markdown table shaped like the paper's
 Table 2; ``--preset table3`` / ``table4`` give the beta-schedule and diffusion-step ablations).
 """
 
@@ -29,14 +34,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from components.preprocessing import readers  # noqa: E402
-from components.preprocessing.config import LEAVE_ONE_OUT, USER_HOLDOUT, ProtocolConfig, WindowConfig  # noqa: E402
+from components.preprocessing.config import LEAVE_ONE_OUT, TRAIN_SEQUENCES, USER_HOLDOUT, ProtocolConfig, WindowConfig  # noqa: E402
 from components.preprocessing.transforms import STATS_FILE, PreprocessConfig, run_preprocessing, split_dir  # noqa: E402
 from components.preprocessing.vocabulary import ItemFeatures, Vocabulary  # noqa: E402
 from t2diff_tf import features as F  # noqa: E402
 from t2diff_tf import metrics as M  # noqa: E402
 from t2diff_tf.features import ExampleSpec  # noqa: E402
 from t2diff_tf.models.registry import MODELS, build_model  # noqa: E402
-from t2diff_tf.training import TrainConfig, arrays_dataset, fit, read_examples  # noqa: E402
+from t2diff_tf.training import TrainConfig, arrays_dataset, fit, read_examples, sequence_arrays_dataset  # noqa: E402
 
 PRESETS: Dict[str, List[dict]] = {
     "table2": [
@@ -72,6 +77,13 @@ PRESETS: Dict[str, List[dict]] = {
 }
 
 
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels in this process."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def deep_update(base: dict, overrides: Mapping) -> dict:
     out = copy.deepcopy(base)
     for key, value in overrides.items():
@@ -89,10 +101,13 @@ def model_config(name: str, overrides: Mapping) -> object:
 
 def preprocess(data_dir: str, protocol: str, work_dir: str, history_length: int,
                max_train_windows: int, seed: int,
-               max_user_interactions: Optional[int] = None) -> str:
+               max_user_interactions: Optional[int] = None,
+               sequences: Optional[F.SequenceSpec] = None) -> str:
     name = f"{protocol}_L{history_length}_w{max_train_windows}_s{seed}"
     if max_user_interactions:
         name += f"_u{max_user_interactions}"
+    if sequences is not None:
+        name += f"_seq{sequences.history_length}_c{sequences.max_chunks_per_user or 'all'}"
     out = os.path.join(work_dir, name)
     if os.path.exists(os.path.join(out, STATS_FILE)):
         return out
@@ -102,7 +117,7 @@ def preprocess(data_dir: str, protocol: str, work_dir: str, history_length: int,
                                            seed=seed))
     config = PreprocessConfig(window=WindowConfig(ExampleSpec(history_length=history_length)),
                               protocol=protocol_config,
-                              max_user_interactions=max_user_interactions)
+                              max_user_interactions=max_user_interactions, sequences=sequences)
     source = readers.SequenceFile(os.path.join(data_dir, "sequences.txt.gz"),
                                   genres=readers.read_movielens_genres(
                                       os.path.join(data_dir, "movies.dat")))
@@ -116,6 +131,51 @@ def load_split(root: str, split: str, spec: ExampleSpec) -> Dict[str, np.ndarray
         for name, value in batch.items():
             parts.setdefault(name, []).append(value.numpy())
     return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def load_sequences(root: str, spec: F.SequenceSpec) -> Dict[str, np.ndarray]:
+    """The ``Split-train_sequences`` chunks as arrays."""
+    parts: Dict[str, List[np.ndarray]] = {}
+    files = tf.io.gfile.glob(os.path.join(split_dir(root, TRAIN_SEQUENCES), "*"))
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
+    for serialized in dataset:
+        for name, value in spec.parse(serialized).items():
+            parts.setdefault(name, []).append(value.numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def attach_seen_items(data_dir: str, root: str, data: Dict[str, Dict[str, np.ndarray]],
+                      protocol: str, max_user_interactions: Optional[int]) -> None:
+    """Adds ``seen_items`` (``[n, S]``, 0-padded int ids) to the validation and test windows:
+    every item of the user before the example's target, read from the sequence file (the
+    window's ``history`` holds only the last ``L``)."""
+    lookup = Vocabulary.read(root).lookup()
+    full: Dict[str, List[int]] = {}
+    with readers.open_binary(os.path.join(data_dir, "sequences.txt.gz")) as f:
+        for line in f:
+            fields = line.decode().split()
+            if len(fields) > 1:
+                items = fields[1:]
+                if max_user_interactions:
+                    items = items[-max_user_interactions:]
+                full[fields[0]] = [lookup.get(i, 0) for i in items]
+    for split in ("validation", "test"):
+        arrays = data[split]
+        rows = []
+        for user, target in zip(arrays[F.USER_ID], arrays[F.TARGET]):
+            items = full[user.decode() if isinstance(user, bytes) else str(user)]
+            # Leave-one-out: the target is the last (test) or second to last (validation) item;
+            # user hold-out: the last item of a held-out user.
+            cut = len(items) - (2 if protocol == LEAVE_ONE_OUT and split == "validation" else 1)
+            if items[cut] != target:
+                raise ValueError(f"user {user!r}: the {split} target {target} is not item "
+                                 f"{cut} of the sequence file ({items[cut]})")
+            rows.append(items[:cut])
+        width = max(len(r) for r in rows)
+        seen = np.zeros([len(rows), width], np.int64)
+        for i, r in enumerate(rows):
+            seen[i, :len(r)] = r
+        arrays[F.SEEN_ITEMS] = seen
 
 
 def latency_ms_per_user(model, arrays: Mapping[str, np.ndarray], batch: int,
@@ -175,29 +235,50 @@ def reverse_step_cosine(model, arrays: Mapping[str, np.ndarray], n: int = 512,
 
 
 def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarray]],
-            train_config: TrainConfig, example_spec: ExampleSpec) -> dict:
+            train_config: TrainConfig, example_spec: ExampleSpec,
+            checkpoint_root: Optional[str] = None) -> dict:
     vocabulary, item_features = Vocabulary.read(root), ItemFeatures.read(root)
     config = model_config(spec["model"], spec.get("config", {}))
-    train_config = dataclasses.replace(train_config, seed=seed)
+    checkpoint_dir = None
+    if checkpoint_root:
+        slug = "".join(c if c.isalnum() else "_" for c in spec["label"])
+        checkpoint_dir = os.path.join(checkpoint_root, f"{slug}_seed{seed}")
+    train_config = dataclasses.replace(train_config, seed=seed, checkpoint_dir=checkpoint_dir)
 
     def build():
         return build_model(spec["model"], config, num_items=vocabulary.size,
                            item_features=item_features.matrix,
                            item_frequencies=vocabulary.frequencies(), example_spec=example_spec)
 
+    if TRAIN_SEQUENCES in data:
+        train = sequence_arrays_dataset(data[TRAIN_SEQUENCES], train_config.batch_size,
+                                        train_config.shuffle_buffer, seed)
+    else:
+        train = arrays_dataset(data["train"], train_config.batch_size,
+                               train_config.shuffle_buffer, seed)
     start = time.perf_counter()
-    model, history = fit(build, arrays_dataset(data["train"], train_config.batch_size,
-                                               train_config.shuffle_buffer, seed),
-                         arrays_dataset(data["validation"], 512), train_config)
+    model, history = fit(build, train, arrays_dataset(data["validation"], 512), train_config)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = M.evaluate(model, data["test"], ks=(2, 10, 20, 100), num_bootstrap=1000, seed=seed)
+    excluded = M.evaluate(model, data["test"], ks=(2, 10, 20, 100), num_bootstrap=1000,
+                          seed=seed, exclude_history=True)
     eval_seconds = time.perf_counter() - start
     validation = history.get(f"val_{train_config.selection_metric}", [])
     return {
         "label": spec["label"], "model": spec["model"], "seed": seed,
         "config": dataclasses.asdict(config), "metrics": result.metrics,
         "intervals": {k: list(v) for k, v in result.intervals.items()},
+        "metrics_seen_excluded": excluded.metrics,
+        "intervals_seen_excluded": {k: list(v) for k, v in excluded.intervals.items()},
+        "selection": {"metric": train_config.selection_metric,
+                      "seen_excluded": train_config.exclude_seen},
+        # Time to quality: the validation metrics after each epoch against the training wall
+        # seconds so far (validation passes excluded).
+        "time_to_quality": {
+            "train_seconds": history.get("train_seconds", []),
+            **{name: history[name] for name in ("val_recall@10", "val_ndcg@10",
+                                                 "val_recall@20") if name in history}},
         "num_test_examples": result.num_examples, "num_items": result.num_items,
         "parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)), "epochs_run": len(history.get("loss", [])),
         "best_epoch": int(np.argmax(validation)) + 1 if validation else None,
@@ -209,24 +290,29 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
         "sampler_comparison": sampler_comparison(model, data["test"], seed=seed),
         # Per-user test ranks, for paired comparisons between runs (benchmarks/compare.py).
         "test_ranks": result.ranks.astype(int).tolist(),
+        "test_ranks_seen_excluded": excluded.ranks.astype(int).tolist(),
         "test_users": None if result.groups is None else [
             u.decode() if isinstance(u, bytes) else str(u) for u in result.groups],
     }
 
 
 def markdown(results: List[dict], protocol: str) -> str:
-    lines = [f"### ML-1M, {protocol}, full-corpus ranking (seen items included), test split",
-             "", "| model | Recall@2 | Recall@10 | Recall@20 | MRR@2 | MRR@20 | NDCG@10 | "
-             "params | train s | epochs (best) | ms/user @256 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"### ML-1M, {protocol}, full-corpus ranking, test split",
+             "", "Seen items included, then (last two columns) seen items excluded.", "",
+             "| model | Recall@2 | Recall@10 | Recall@20 | MRR@2 | MRR@20 | NDCG@10 | "
+             "params | train s | epochs (best) | ms/user @256 | Recall@10 excl. | "
+             "NDCG@10 excl. |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_label: Dict[str, List[dict]] = {}
     for r in results:
         by_label.setdefault(r["label"], []).append(r)
     for label, runs in by_label.items():
-        def cell(name):
-            values = [r["metrics"][name] for r in runs]
+        def cell(name, key="metrics"):
+            if any(key not in r for r in runs):
+                return "—"
+            values = [r[key][name] for r in runs]
             if len(runs) == 1:
-                low, high = runs[0]["intervals"][name]
+                low, high = runs[0][key.replace("metrics", "intervals")][name]
                 return f"{values[0]:.4f} [{low:.4f}, {high:.4f}]"
             return f"{np.mean(values):.4f} ± {np.std(values):.4f} (n={len(runs)})"
         first = runs[0]
@@ -234,7 +320,9 @@ def markdown(results: List[dict], protocol: str) -> str:
             f"| {label} | {cell('recall@2')} | {cell('recall@10')} | {cell('recall@20')} | "
             f"{cell('mrr@2')} | {cell('mrr@20')} | {cell('ndcg@10')} | {first['parameters']:,} | "
             f"{np.mean([r['train_seconds'] for r in runs]):.0f} | {first['epochs_run']} "
-            f"({first['best_epoch']}) | {np.mean([r['ms_per_user_batch_256'] for r in runs]):.3f} |")
+            f"({first['best_epoch']}) | {np.mean([r['ms_per_user_batch_256'] for r in runs]):.3f} | "
+            f"{cell('recall@10', 'metrics_seen_excluded')} | "
+            f"{cell('ndcg@10', 'metrics_seen_excluded')} |")
     compared = [r for r in results if r.get("sampler_comparison")]
     if compared:
         lines += ["", "Samplers on the same trained weights (test split, no intervals):", "",
@@ -268,6 +356,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--max-train-windows-per-user", type=int, default=10)
     parser.add_argument("--max-user-interactions", type=int, default=None,
                         help="keep each user's latest N items (200: the paper's statistics)")
+    parser.add_argument("--layout", default="windows", choices=["windows", "sequences"],
+                        help="training data: one window per target, or sequence chunks of "
+                             "--history-length inputs (every training interaction a label once)")
+    parser.add_argument("--max-chunks-per-user", type=int, default=None,
+                        help="sequences: keep each user's latest chunks (1: SASRec's layout)")
+    parser.add_argument("--selection-metric", default="recall@20",
+                        help="validation metric that selects the epoch")
+    parser.add_argument("--select-seen-excluded", action="store_true",
+                        help="rank validation targets without the user's seen items")
+    parser.add_argument("--time-budget-seconds", type=float, default=None,
+                        help="stop after the epoch in which training wall time reaches this; "
+                             "the best validation epoch so far is tested (time to quality)")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="checkpoint every epoch under this folder; rerunning the same "
+                             "command resumes each run where it stopped")
     parser.add_argument("--output", default="benchmarks/results/ml1m")
     parser.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2],
                         help="Keras output: 2 prints a line per epoch (losses, val_recall@20)")
@@ -278,31 +381,51 @@ def main(argv: Optional[List[str]] = None) -> None:
         specs = [s for s in specs if s["label"] in args.only]
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                                learning_rate=args.learning_rate,
-                               early_stopping_patience=args.patience, verbose=args.verbose)
+                               early_stopping_patience=args.patience, verbose=args.verbose,
+                               selection_metric=args.selection_metric,
+                               exclude_seen=args.select_seen_excluded,
+                               time_budget_seconds=args.time_budget_seconds)
     example_spec = ExampleSpec(history_length=args.history_length)
+    sequences = (F.SequenceSpec(args.history_length, args.max_chunks_per_user)
+                 if args.layout == "sequences" else None)
     report = {"command": "python " + " ".join(sys.argv), "machine":
               f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
               f"TF {tf.__version__}", "train": dataclasses.asdict(train_config),
               "history_length": args.history_length,
               "max_train_windows_per_user": args.max_train_windows_per_user,
-              "max_user_interactions": args.max_user_interactions, "protocols": {}}
+              "max_user_interactions": args.max_user_interactions, "layout": args.layout,
+              "max_chunks_per_user": args.max_chunks_per_user,
+              # oneDNN is chosen when TensorFlow starts (TF_ENABLE_ONEDNN_OPTS; on by default on
+              # this AVX-512 CPU): turning it off makes SASRec's training about 3.5x slower
+              # (benchmarks/sequence_training_speed.py).
+              "onednn": onednn_enabled(),
+              "protocols": {}}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     tables = []
     for protocol in args.protocol:
+        # The sequence layout trains on chunks; its window split keeps one window per user.
         root = preprocess(args.data_dir, protocol, args.work_dir, args.history_length,
-                          args.max_train_windows_per_user, args.seeds[0],
-                          args.max_user_interactions)
+                          1 if sequences else args.max_train_windows_per_user, args.seeds[0],
+                          args.max_user_interactions, sequences)
         data = {split: load_split(root, split, example_spec)
-                for split in ("train", "validation", "test")}
+                for split in (("validation", "test") if sequences
+                              else ("train", "validation", "test"))}
+        if sequences is not None:
+            data[TRAIN_SEQUENCES] = load_sequences(root, sequences)
+        attach_seen_items(args.data_dir, root, data, protocol, args.max_user_interactions)
         results = []
         for spec in specs:
             for seed in args.seeds:
-                r = run_one(spec, seed, root, data, train_config, example_spec)
+                r = run_one(spec, seed, root, data, train_config, example_spec,
+                            os.path.join(args.checkpoint_dir, protocol)
+                            if args.checkpoint_dir else None)
                 results.append(r)
                 print(f"[{protocol}] {r['label']} seed {seed}: recall@20 "
                       f"{r['metrics']['recall@20']:.4f} mrr@20 {r['metrics']['mrr@20']:.4f} "
                       f"recall@10 {r['metrics']['recall@10']:.4f} ndcg@10 "
-                      f"{r['metrics']['ndcg@10']:.4f} ({r['train_seconds']} s, "
+                      f"{r['metrics']['ndcg@10']:.4f}; seen excluded: recall@10 "
+                      f"{r['metrics_seen_excluded']['recall@10']:.4f} ndcg@10 "
+                      f"{r['metrics_seen_excluded']['ndcg@10']:.4f} ({r['train_seconds']} s, "
                       f"{r['epochs_run']} epochs, best {r['best_epoch']})", flush=True)
                 report["protocols"][protocol] = {"data": root, "results": results}
                 with open(args.output + ".json", "w") as f:

@@ -10,7 +10,9 @@ from components.preprocessing import readers
 from components.preprocessing.config import WindowConfig
 from components.preprocessing.synthetic import SyntheticConfig
 from components.preprocessing.transforms import PreprocessConfig, run_preprocessing
-from t2diff_tf.features import ExampleSpec
+from components.preprocessing.config import TRAIN_SEQUENCES
+from t2diff_tf import features as F
+from t2diff_tf.features import ExampleSpec, SequenceSpec
 from t2diff_tf.training import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,13 +39,19 @@ def results_path(tmp_path_factory) -> str:
     root = str(tmp_path / "data")
     run_preprocessing(readers.SyntheticLog(SyntheticConfig(num_users=80, num_items=60,
                                                            num_clusters=6)),
-                      root, PreprocessConfig(window=WindowConfig(SPEC, session_k=4)))
+                      root, PreprocessConfig(window=WindowConfig(SPEC, session_k=4),
+                                             sequences=SequenceSpec(12)))
     data = {s: harness.load_split(root, s, SPEC) for s in ("train", "validation", "test")}
     train = TrainConfig(epochs=1, batch_size=64, verbose=0)
     runs = [{"label": "Two-tower (mean pool)", "model": "mean_pool_two_tower",
              "config": {"embedding_dim": 8}},
             {"label": "T2Diff, T = 10", "model": "t2diff", "config": TINY_T2DIFF}]
     results = [harness.run_one(r, 0, root, data, train, SPEC) for r in runs]
+    # SASRec on the sequence layout, two epochs: a time-to-quality curve for the notebook.
+    chunks = dict(data, **{TRAIN_SEQUENCES: harness.load_sequences(root, SequenceSpec(12))})
+    results.append(harness.run_one({"label": "SASRec", "model": "sasrec",
+                                    "config": {"embedding_dim": 8}}, 0, root, chunks,
+                                   TrainConfig(epochs=2, batch_size=32, verbose=0), SPEC))
     path = str(tmp_path / "ml1m_tiny.json")
     with open(path, "w") as f:
         json.dump({"command": "test", "machine": "test",
@@ -54,7 +62,7 @@ def results_path(tmp_path_factory) -> str:
 def test_run_records_metrics_intervals_cost_and_reverse_steps(results_path):
     with open(results_path) as f:
         results = json.load(f)["protocols"]["leave_one_out"]["results"]
-    two_tower, t2diff = results
+    two_tower, t2diff, sasrec = results
     for r in results:
         low, high = r["intervals"]["recall@20"]
         assert low <= r["metrics"]["recall@20"] <= high
@@ -72,12 +80,21 @@ def test_run_records_metrics_intervals_cost_and_reverse_steps(results_path):
         assert 0.0 <= values["recall@20"] <= 1.0 and values["ms_per_user_batch_256"] > 0
     harness = load_script("ml1m")
     assert "| T2Diff, T = 10 |" in harness.markdown(results, "leave_one_out")
+    # Both evaluations, with intervals; seen items excluded can only rank targets higher.
+    for r in results:
+        for name, value in r["metrics_seen_excluded"].items():
+            assert value >= r["metrics"][name] - 1e-9
+            low, high = r["intervals_seen_excluded"][name]
+            assert low <= value <= high
+    curve = sasrec["time_to_quality"]
+    assert len(curve["train_seconds"]) == 2 == len(curve["val_recall@10"])
+    assert curve["train_seconds"][0] < curve["train_seconds"][1]
 
 
 def test_paired_comparison_of_two_runs(results_path, tmp_path, capsys):
     compare = load_script("compare")
     with open(results_path) as f:
-        two_tower, t2diff = json.load(f)["protocols"]["leave_one_out"]["results"]
+        two_tower, t2diff, _ = json.load(f)["protocols"]["leave_one_out"]["results"]
     assert len(t2diff["test_ranks"]) == len(t2diff["test_users"]) == 80
     result = compare.main([results_path, "T2Diff, T = 10", results_path,
                            "Two-tower (mean pool)"])
@@ -123,6 +140,32 @@ def test_ablation_notebook_executes_on_a_results_file(results_path, monkeypatch)
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 4  # Table 2 bars, Table 4 curves, samplers, Figure 4 histograms
+    # Table 2 bars, Table 4 curves, samplers, Figure 4 histograms, time to quality
+    assert len(images) >= 5
     text = "".join(o.get("text", "") for o in outputs)
-    assert "2 runs from" in text
+    assert "3 runs from" in text
+
+
+def test_seen_items_are_each_users_whole_history(tmp_path):
+    """``attach_seen_items`` adds every item before the example's target, beyond the window."""
+    harness = load_script("ml1m")
+    data_dir = tmp_path / "ml"
+    data_dir.mkdir()
+    users = {str(u): [str(100 + (u * 7 + j) % 40) for j in range(8 + u)] for u in range(1, 7)}
+    import gzip
+    with gzip.open(data_dir / "sequences.txt.gz", "wt") as f:
+        for user, items in users.items():
+            f.write(" ".join([user] + items) + "\n")
+    root = str(tmp_path / "out")
+    spec = ExampleSpec(history_length=3)
+    run_preprocessing(readers.SequenceFile(str(data_dir / "sequences.txt.gz")), root,
+                      PreprocessConfig(window=WindowConfig(spec), min_user_interactions=3))
+    data = {s: harness.load_split(root, s, spec) for s in ("validation", "test")}
+    harness.attach_seen_items(str(data_dir), root, data, "leave_one_out", None)
+    lookup = harness.Vocabulary.read(root).lookup()
+    for split, cut in (("validation", 2), ("test", 1)):
+        arrays = data[split]
+        for user, seen in zip(arrays[F.USER_ID], arrays[F.SEEN_ITEMS]):
+            items = [lookup[i] for i in users[user.decode()]]
+            assert seen[seen != 0].tolist() == items[:-cut]
+            assert len(items[:-cut]) > spec.history_length  # longer than the window
