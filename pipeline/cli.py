@@ -84,6 +84,12 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
                    help="gap that starts a new time-gap session")
     g.add_argument("--min-user-interactions", type=int, default=5,
                    help="drop users with fewer interactions (counted in the stats)")
+    g.add_argument("--min-item-interactions", type=int, default=0,
+                   help="k-core: drop items with fewer interactions, and users who then fall "
+                        "below --min-user-interactions, to a fixed point (5 with 5: the usual "
+                        "5-core); 0 keeps every item")
+    g.add_argument("--kcore-max-rounds", type=int, default=10,
+                   help="k-core: the most rounds; the run fails if the core is not reached")
     g.add_argument("--max-user-interactions", type=int, default=None,
                    help="keep each user's latest N interactions, count the older ones as "
                         "filtered (ML-1M with 200 is closest to the T2Diff paper's statistics)")
@@ -134,6 +140,8 @@ def preprocess_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         protocol=ProtocolConfig(args.protocol, cap, args.test_fraction, args.validation_fraction,
                                 args.min_target_position, args.seed),
         min_user_interactions=args.min_user_interactions,
+        min_item_interactions=args.min_item_interactions,
+        kcore_max_rounds=args.kcore_max_rounds,
         max_user_interactions=args.max_user_interactions,
         max_rejected_fraction=args.max_rejected_fraction, num_shards=args.num_shards,
         sequences=(SequenceSpec(args.sequence_length, args.max_chunks_per_user)
@@ -203,6 +211,9 @@ def format_stats(stats: dict, output_dir: str) -> str:
              f"  kept               {stats['kept']:>10,}"]
     for reason, n in sorted(stats["filtered"].items()):
         lines.append(f"  filtered ({reason}) {n:>10,}")
+    if "kcore" in stats:
+        lines.append(f"  k-core: fixed point after {stats['kcore']['rounds_with_removals']} "
+                     f"round(s) that removed interactions")
     lines.append(f"  rejected (dead letters) {stats['rejected']:>5,}  -> "
                  f"{os.path.join(output_dir, 'dead_letter', 'dead_letter.jsonl')}")
     lines.append(f"  users kept {stats['users_kept']:,} of {stats['users_read']:,}; "

@@ -12,6 +12,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from components.preprocessing import synthetic
+from components.preprocessing import kcore
 from components.preprocessing import sequences as chunking
 from components.preprocessing.config import SPLITS, TRAIN_SEQUENCES, ProtocolConfig, WindowConfig
 from components.preprocessing.vocabulary import ItemFeatures, Vocabulary
@@ -78,8 +79,13 @@ def from_interactions(interactions: Iterable[Tuple[str, str, int]],
                       protocol: ProtocolConfig = ProtocolConfig(),
                       min_user_interactions: int = 5,
                       max_user_interactions: Optional[int] = None,
-                      sequences: Optional[F.SequenceSpec] = None) -> InMemoryData:
+                      sequences: Optional[F.SequenceSpec] = None,
+                      min_item_interactions: int = 0,
+                      kcore_max_rounds: int = 10) -> InMemoryData:
     """Time-ordered ``(user, item, timestamp)`` rows -> :class:`InMemoryData`.
+
+    With ``min_item_interactions`` the users and items are cut to their k-core first
+    (``kcore.k_core``, as the Beam pipeline does), then each user's cap applies.
 
     With ``sequences``, ``splits["train_sequences"]`` holds the training chunks too.
 
@@ -91,8 +97,17 @@ def from_interactions(interactions: Iterable[Tuple[str, str, int]],
     for user, item, ts in interactions:
         per_user.setdefault(user, []).append((item, ts))
     minimum = max(min_user_interactions, protocol.min_sequence_length)
-    per_user = {u: evs[-max_user_interactions:] if max_user_interactions else evs
-                for u, evs in per_user.items() if len(evs) >= minimum}
+    per_user = {u: evs for u, evs in per_user.items() if len(evs) >= minimum}
+    if min_item_interactions > 0:
+        core, _, _, converged = kcore.k_core(
+            {u: ([i for i, _ in evs], [t for _, t in evs]) for u, evs in per_user.items()},
+            min_item_interactions, minimum, kcore_max_rounds)
+        if not converged:
+            raise ValueError(f"the k-core did not reach its fixed point in {kcore_max_rounds} "
+                             "rounds")
+        per_user = {u: list(zip(items, times)) for u, (items, times) in core.items()}
+    if max_user_interactions:
+        per_user = {u: evs[-max_user_interactions:] for u, evs in per_user.items()}
     counts: Dict[str, int] = {}
     for evs in per_user.values():
         for item, _ in evs:

@@ -31,7 +31,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 import tensorflow as tf
 
-from components.preprocessing import readers
+from components.preprocessing import kcore, readers
 from components.preprocessing.config import SPLITS, TRAIN_SEQUENCES, ProtocolConfig, WindowConfig
 from components.preprocessing.records import DeadLetter, Event
 from components.preprocessing import sequences as chunks
@@ -61,6 +61,12 @@ class PreprocessConfig:
       protocol: leave-one-out or the paper's user hold-out.
       min_user_interactions: users with fewer kept interactions are dropped (paper: 5); the
         protocol's own minimum (3 for leave-one-out) applies too.
+      min_item_interactions: items with fewer interactions are dropped, and with them users
+        who fall below ``min_user_interactions``, round by round to a fixed point (k-core: 5 and
+        5 give the usual 5-core); 0 (default) keeps every item. Counted per reason in
+        ``stats.json`` (``filtered.item_below_min_interactions``; ``kcore``).
+      kcore_max_rounds: the most k-core rounds; a run that has not reached the fixed point by
+        then fails and says so.
       max_user_interactions: keep only each user's most recent interactions (``None``: all);
         the older ones are counted as filtered (``beyond_max_user_interactions``). With 200,
         MovieLens-1M has 661,028 interactions over 3,649 items, the closest simple rule to the
@@ -75,12 +81,16 @@ class PreprocessConfig:
     window: WindowConfig = WindowConfig()
     protocol: ProtocolConfig = ProtocolConfig()
     min_user_interactions: int = 5
+    min_item_interactions: int = 0
+    kcore_max_rounds: int = 10
     max_user_interactions: Optional[int] = None
     max_rejected_fraction: float = 0.1
     num_shards: int = 1
     sequences: Optional[SequenceSpec] = None
 
     def __post_init__(self):
+        if self.min_item_interactions < 0 or self.kcore_max_rounds < 1:
+            raise ValueError("min_item_interactions must be >= 0 and kcore_max_rounds >= 1")
         if self.max_user_interactions is not None and \
                 self.max_user_interactions < max(1, self.min_user_interactions):
             raise ValueError(f"max_user_interactions ({self.max_user_interactions}) must be >= "
@@ -177,6 +187,73 @@ class _MakeChunks(beam.DoFn):
             yield len(chunks.chunk_labels(chunk)), chunks.to_example(chunk).SerializeToString()
 
 
+class _KCoreRound(beam.DoFn):
+    """One k-core round (``kcore.filter_round``): tagged ``RARE`` (interactions of rare items
+    removed) and ``SHORT`` (interactions of a user dropped), main output the kept sequence."""
+
+    RARE = "rare"
+
+    def __init__(self, min_item: int, min_user: int):
+        self._min_item = min_item
+        self._min_user = min_user
+
+    def process(self, sequence, counts: Dict[str, int]):
+        user, items, timestamps = sequence
+        result = kcore.filter_round(items, timestamps, counts, self._min_item, self._min_user)
+        if result.rare_interactions:
+            yield beam.pvalue.TaggedOutput(self.RARE, result.rare_interactions)
+        if result.items is None:
+            yield beam.pvalue.TaggedOutput(_FilterUsers.SHORT, result.dropped_user_interactions)
+            return
+        yield user, result.items, result.timestamps
+
+
+def _k_core(sequences, min_item: int, min_user: int, rounds: int):
+    """Unrolled k-core rounds over ``(user, items, timestamps)``: returns the kept sequences
+    and the counter PCollections (per-round removals, rare items, dropped users, and the items
+    still below ``min_item`` after the last round)."""
+    counters = []
+    for r in range(rounds):
+        counts = (sequences
+                  | f"KCoreItems{r}" >> beam.FlatMap(lambda s: s[1])
+                  | f"KCoreCount{r}" >> beam.combiners.Count.PerElement()
+                  | f"KCoreCounts{r}" >> beam.combiners.ToDict())
+        outputs = sequences | f"KCoreRound{r}" >> beam.ParDo(
+            _KCoreRound(min_item, min_user), counts=beam.pvalue.AsSingleton(counts)).with_outputs(
+            _KCoreRound.RARE, _FilterUsers.SHORT, main="kept")
+        counters += [
+            outputs[_KCoreRound.RARE] | f"KCoreRare{r}" >> beam.FlatMap(
+                lambda n, r=r: [(f"filtered.{kcore.FILTERED_ITEM_TOO_RARE}", n),
+                                (f"kcore.round_{r + 1:02d}_removed", n)]),
+            outputs[_FilterUsers.SHORT] | f"KCoreShort{r}" >> beam.FlatMap(
+                lambda n, r=r: [(f"filtered.{FILTERED_USER_TOO_SHORT}", n), ("users_filtered", 1),
+                                (f"kcore.round_{r + 1:02d}_removed", n)]),
+        ]
+        sequences = outputs.kept
+    counters.append(sequences
+                    | "KCoreFinalItems" >> beam.FlatMap(lambda s: s[1])
+                    | "KCoreFinalCount" >> beam.combiners.Count.PerElement()
+                    | "KCoreBelow" >> beam.Filter(lambda kv: kv[1] < min_item)
+                    | "KCoreUnconverged" >> beam.Map(lambda _: ("kcore.items_below_min", 1)))
+    return sequences, counters
+
+
+class _Truncate(beam.DoFn):
+    """Keeps each user's latest ``maximum`` interactions (tag ``TRUNCATED``: how many older ones
+    were dropped)."""
+
+    def __init__(self, maximum: int):
+        self._maximum = maximum
+
+    def process(self, sequence):
+        user, items, timestamps = sequence
+        if len(items) > self._maximum:
+            yield beam.pvalue.TaggedOutput(_FilterUsers.TRUNCATED, len(items) - self._maximum)
+            items = items[-self._maximum:]
+            timestamps = None if timestamps is None else timestamps[-self._maximum:]
+        yield user, items, timestamps
+
+
 def _write_text(path: str, text: str) -> str:
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(text)
@@ -193,14 +270,27 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
     log: readers.ParsedLog = p | "Read" >> source
     minimum = max(config.min_user_interactions, config.protocol.min_sequence_length)
 
+    k_core = config.min_item_interactions > 0
     sequences = (log.events
                  | "KeyByUser" >> beam.Map(_event_row)
                  | "GroupByUser" >> beam.GroupByKey()
                  | "OrderByTime" >> beam.Map(_ordered_sequence)
                  | "FilterUsers" >> beam.ParDo(
-                     _FilterUsers(minimum, config.max_user_interactions)).with_outputs(
-                     _FilterUsers.SHORT, _FilterUsers.TRUNCATED, main="kept"))
+                     _FilterUsers(minimum, None if k_core else config.max_user_interactions)
+                 ).with_outputs(_FilterUsers.SHORT, _FilterUsers.TRUNCATED, main="kept"))
     kept = sequences.kept
+    kcore_counters = []
+    truncated = sequences[_FilterUsers.TRUNCATED]
+    if k_core:
+        # The core is of the whole log; each user's cap applies to the core's sequences (so a
+        # capped user's older items leave afterwards, as the cap means).
+        kept, kcore_counters = _k_core(kept, config.min_item_interactions, minimum,
+                                       config.kcore_max_rounds)
+        if config.max_user_interactions is not None:
+            capped = kept | "CapUsers" >> beam.ParDo(
+                _Truncate(config.max_user_interactions)).with_outputs(
+                _FilterUsers.TRUNCATED, main="kept")
+            kept, truncated = capped.kept, capped[_FilterUsers.TRUNCATED]
 
     vocabulary = (kept
                   | "Items" >> beam.FlatMap(lambda s: s[1])
@@ -252,13 +342,13 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
                        (f"rejected_by_field.{d.field}", d.interactions)]),
         sequences[_FilterUsers.SHORT] | "ShortCounter" >> beam.FlatMap(
             lambda n: [(f"filtered.{FILTERED_USER_TOO_SHORT}", n), ("users_filtered", 1)]),
-        sequences[_FilterUsers.TRUNCATED] | "TruncatedCounter" >> beam.Map(
+        truncated | "TruncatedCounter" >> beam.Map(
             lambda n: (f"filtered.{FILTERED_BEYOND_USER_CAP}", n)),
         kept | "KeptCounter" >> beam.FlatMap(
             lambda s: [("kept", len(s[1])), ("users_kept", 1)]),
         vocabulary | "ItemsCounter" >> beam.Map(lambda v: ("items", v.size)),
     ] + [windows[split] | f"{split.title()}Counter" >> beam.Map(lambda _, s=split: (f"examples.{s}", 1))
-         for split in SPLITS] + sequence_counters
+         for split in SPLITS] + sequence_counters + kcore_counters
     _ = (counters
          | "FlattenCounters" >> beam.Flatten()
          | "SumCounters" >> beam.CombinePerKey(sum)
@@ -318,6 +408,12 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
                 "interactions_read", "lines_read"):
         stats.setdefault(key, 0)
     stats["users_read"] = stats["users_kept"] + stats["users_filtered"]
+    if config.min_item_interactions > 0:
+        block = stats.setdefault("kcore", {})
+        below = block.pop("items_below_min", 0)
+        block["rounds_with_removals"] = sum(1 for k, v in block.items()
+                                            if k.startswith("round_") and v)
+        block["converged"] = below == 0
     accounted = stats["kept"] + sum(stats["filtered"].values()) + stats["rejected"]
     stats["accounted"] = accounted
     stats["config"] = config.to_json()
@@ -340,6 +436,11 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
             f"counts do not add up: read {stats['interactions_read']} interactions but "
             f"kept + filtered + rejected = {accounted}; see {output_dir}/{STATS_FILE}")
     read = stats["interactions_read"]
+    if config.min_item_interactions > 0 and not stats["kcore"]["converged"]:
+        raise PreprocessingError(
+            f"the k-core (users >= {max(config.min_user_interactions, 1)}, items >= "
+            f"{config.min_item_interactions}) did not reach its fixed point in "
+            f"{config.kcore_max_rounds} rounds; raise kcore_max_rounds (--kcore-max-rounds)")
     if stats["kept"] == 0 or stats["examples"]["test"] == 0:
         raise PreprocessingError(
             f"no usable interaction: read {read}, rejected {stats['rejected']}, filtered "
