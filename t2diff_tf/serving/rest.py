@@ -79,7 +79,10 @@ def _to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
         array = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(),
                              otypes=[object])(array) if array.size else array
     else:
-        raw = np.asarray(value)
+        try:
+            raw = np.asarray(value)
+        except (ValueError, TypeError) as error:  # ragged rows, odd nesting
+            raise RequestError(f"input {name!r} is not a rectangular array: {error}") from error
         if raw.dtype == object or raw.dtype.kind in "SU":
             raise RequestError(f"input {name!r} must be numeric ({spec.dtype.name})")
         if spec.dtype.is_integer and raw.dtype.kind == "f":

@@ -22,6 +22,13 @@ Signatures:
   Same outputs as ``serving_default``.
 * ``top_k_from_embedding`` (top-K models only) -- ``{"user_embedding": [None, d] float32}`` ->
   ``item_ids`` / ``scores``, for deployments that run the user tower elsewhere.
+
+Inputs are guarded before the model sees them (:func:`check_query_inputs`): item ids must lie in
+``0..N`` (0 is padding; ids stay int64 until they are known to fit), time lags in
+``0..buckets-1``, sessions in ``-1..L``, session lengths in ``0..L``, and all four inputs must
+have the same batch size; a ``user_embedding`` must be finite. A violation fails the request
+with ``InvalidArgumentError`` naming the input, which TF Serving answers with HTTP 400. An
+empty batch answers an empty batch.
 """
 
 from __future__ import annotations
@@ -96,11 +103,53 @@ def as_query_function(model: Any) -> QueryFunction:
     raise TypeError(f"expected a RetrievalModel, a Keras model or a callable, got {type(model)}")
 
 
-def _user_embedding(query: QueryFunction, features: Dict[str, tf.Tensor]) -> tf.Tensor:
-    embedding = tf.convert_to_tensor(query(features))
-    if embedding.shape.rank != 2:
-        raise ValueError(f"the user tower must return [batch, d], got shape {embedding.shape}")
-    return tf.cast(embedding, tf.float32)
+def check_query_inputs(features: Mapping[str, tf.Tensor], spec: F.ExampleSpec,
+                       num_items: Optional[int]) -> Dict[str, tf.Tensor]:
+    """The query features after in-graph checks (see the module docstring): each returned tensor
+    depends on the assertions, so a request that breaks one fails before the model runs."""
+    L = spec.history_length
+    batch = tf.shape(features[F.HISTORY], out_type=tf.int64)[0]
+    checks = []
+    for name in F.QUERY_FEATURES:
+        size = tf.shape(features[name], out_type=tf.int64)[0]
+        checks.append(tf.debugging.assert_equal(
+            size, batch, message=f"{name} has a different batch size than {F.HISTORY}"))
+    bounds = {F.HISTORY: (F.PADDING_ID, num_items),
+              F.HISTORY_TIME_LAG: (0, spec.num_time_lag_buckets - 1),
+              F.HISTORY_SESSION: (F.PADDING_SESSION, L),
+              F.SESSION_LENGTH: (0, L)}
+    for name, (low, high) in bounds.items():
+        value = features[name]
+        checks.append(tf.debugging.assert_greater_equal(
+            value, tf.constant(low, value.dtype), message=f"{name} must be >= {low}"))
+        if high is not None:
+            checks.append(tf.debugging.assert_less_equal(
+                value, tf.constant(high, value.dtype), message=f"{name} must be <= {high}"))
+    with tf.control_dependencies(checks):
+        return {name: tf.identity(features[name]) for name in F.QUERY_FEATURES}
+
+
+def check_embedding(embedding: tf.Tensor) -> tf.Tensor:
+    """``embedding`` after a check that every value is finite."""
+    return tf.debugging.assert_all_finite(embedding, f"{USER_EMBEDDING} must be finite")
+
+
+def _user_embedding(query: QueryFunction, features: Dict[str, tf.Tensor],
+                    embedding_dim: Optional[int] = None) -> tf.Tensor:
+    """``e_u`` ``[batch, d]`` float32; an empty batch gives ``[0, d]`` without running the tower
+    (when ``embedding_dim`` is known)."""
+
+    def run():
+        embedding = tf.convert_to_tensor(query(features))
+        if embedding.shape.rank != 2:
+            raise ValueError(f"the user tower must return [batch, d], got shape "
+                             f"{embedding.shape}")
+        return tf.cast(embedding, tf.float32)
+
+    if embedding_dim is None:
+        return run()
+    empty = tf.equal(tf.shape(features[F.HISTORY])[0], 0)
+    return tf.cond(empty, lambda: tf.zeros([0, embedding_dim], tf.float32), run)
 
 
 class UserTowerModule(tf.Module):
@@ -110,27 +159,36 @@ class UserTowerModule(tf.Module):
       model: the user tower (see :func:`as_query_function`); tracked so that its variables are
         saved.
       spec: the example shapes (``L``).
+      num_items: ``N``, the largest item id a request may hold (default: ``model.num_items``
+        when it has one; ``None`` checks only the lower bound).
+      embedding_dim: ``d`` (default: ``model.embedding_dim``), for empty batches.
 
     Attributes:
       serve: ``tf.function`` of the named query inputs (``serving_default``).
       serve_tf_examples: ``tf.function`` of ``examples`` ``[batch]`` serialized ``tf.Example``.
     """
 
-    def __init__(self, model: Any, spec: F.ExampleSpec, name: Optional[str] = None):
+    def __init__(self, model: Any, spec: F.ExampleSpec, name: Optional[str] = None,
+                 num_items: Optional[int] = None, embedding_dim: Optional[int] = None):
         super().__init__(name=name)
         self.model = model
         query = as_query_function(model)
         parse_spec = query_feature_spec(spec)
         specs = query_input_specs(spec)
+        num_items = num_items if num_items is not None else getattr(model, "num_items", None)
+        embedding_dim = (embedding_dim if embedding_dim is not None
+                         else getattr(model, "embedding_dim", None))
+
+        def embed(features):
+            checked = check_query_inputs(features, spec, num_items)
+            return {USER_EMBEDDING: _user_embedding(query, checked, embedding_dim)}
 
         def serve(history, history_time_lag, history_session, session_length):
-            return {USER_EMBEDDING: _user_embedding(query, {
-                F.HISTORY: history, F.HISTORY_TIME_LAG: history_time_lag,
-                F.HISTORY_SESSION: history_session, F.SESSION_LENGTH: session_length})}
+            return embed({F.HISTORY: history, F.HISTORY_TIME_LAG: history_time_lag,
+                          F.HISTORY_SESSION: history_session, F.SESSION_LENGTH: session_length})
 
         def serve_tf_examples(examples):
-            parsed = tf.io.parse_example(examples, parse_spec)
-            return {USER_EMBEDDING: _user_embedding(query, dict(parsed))}
+            return embed(dict(tf.io.parse_example(examples, parse_spec)))
 
         self.serve = tf.function(serve, input_signature=[specs[n] for n in F.QUERY_FEATURES])
         self.serve_tf_examples = tf.function(
@@ -189,7 +247,7 @@ class TopKModule(tf.Module):
             serve_tf_examples, input_signature=user_tower.serve_tf_examples.input_signature)
 
     def outputs(self, user_embedding: tf.Tensor) -> Dict[str, tf.Tensor]:
-        scores, ids = self.index(user_embedding, k=self.k)
+        scores, ids = self.index(check_embedding(user_embedding), k=self.k)
         return {ITEM_IDS: tf.cast(ids, tf.int64), SCORES: tf.cast(scores, tf.float32)}
 
     def signatures(self) -> Dict[str, Any]:

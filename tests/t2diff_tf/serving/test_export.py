@@ -296,3 +296,58 @@ def test_any_callable_user_tower_with_given_item_embeddings(tmp_path, exported):
     _, rows = numpy_top_k(expected[:1], table[1:], 5)
     np.testing.assert_array_equal(ids, rows[0] + 1)
     assert result.manifest.model_config is None and result.manifest.corpus_size == 50
+
+
+# ------------------------------------------------------------------------------------------------
+# Guarded signatures: what TF Serving would answer with HTTP 400
+
+
+def _guarded_tower():
+    from t2diff_tf.models.registry import build_model
+    from t2diff_tf.serving.signatures import UserTowerModule
+
+    spec = F.ExampleSpec(history_length=6)
+    model = build_model("mean_pool_two_tower", {"embedding_dim": 8}, num_items=20,
+                        example_spec=spec)
+    return UserTowerModule(model, spec), spec
+
+
+def _request(spec, batch=2, **overrides):
+    L = spec.history_length
+    features = {F.HISTORY: np.tile(np.arange(1, L + 1), (batch, 1)),
+                F.HISTORY_TIME_LAG: np.ones([batch, L]),
+                F.HISTORY_SESSION: np.zeros([batch, L]),
+                F.SESSION_LENGTH: np.full([batch], 2)}
+    features.update(overrides)
+    return {k: tf.constant(np.asarray(v), tf.int64) for k, v in features.items()}
+
+
+@pytest.mark.parametrize("name, value, message", [
+    (F.HISTORY, [[1, 2, 3, 4, 5, 21]] * 2, "history must be <= 20"),
+    (F.HISTORY, [[1, 2, 3, 4, 5, 2 ** 32 + 5]] * 2, "history must be <= 20"),
+    (F.HISTORY, [[1, 2, 3, 4, 5, -1]] * 2, "history must be >= 0"),
+    (F.HISTORY_TIME_LAG, [[0, 0, 0, 0, 0, 32]] * 2, "history_time_lag must be <= 31"),
+    (F.HISTORY_SESSION, [[-2, 0, 0, 0, 0, 0]] * 2, "history_session must be >= -1"),
+    (F.SESSION_LENGTH, [2, 7], "session_length must be <= 6"),
+    (F.SESSION_LENGTH, [2], "session_length has a different batch size"),
+])
+def test_serving_refuses_out_of_range_or_mismatched_inputs(name, value, message):
+    tower, spec = _guarded_tower()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        tower.serve(**_request(spec, **{name: value}))
+
+
+def test_serving_answers_an_empty_batch_empty_and_refuses_non_finite_embeddings():
+    from t2diff_tf.serving.brute_force import BruteForceIndex
+    from t2diff_tf.serving.signatures import TopKModule
+
+    tower, spec = _guarded_tower()
+    empty = tower.serve(**_request(spec, batch=0))["user_embedding"]
+    assert empty.shape == (0, 8)
+    ok = tower.serve(**_request(spec))["user_embedding"]
+    assert ok.shape == (2, 8)
+    corpus = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    top_k = TopKModule(tower, BruteForceIndex(corpus, np.arange(1, 21)), 5, 8)
+    assert top_k.serve(**_request(spec, batch=0))["item_ids"].shape == (0, 5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="user_embedding must be finite"):
+        top_k.top_k_from_embedding(tf.constant([[np.nan] * 8], tf.float32))

@@ -81,3 +81,11 @@ def test_predict_rejects_unknown_signature():
     assert rest.predict(loaded, {"inputs": [1.0, 2.0]}) == {"outputs": [1.0, 2.0]}
     with pytest.raises(rest.RequestError, match="unknown signature"):
         rest.predict(loaded, {"signature_name": "nope", "inputs": [1.0]})
+
+
+def test_ragged_rows_are_a_request_error():
+    from t2diff_tf.serving.rest import RequestError, _to_array
+
+    spec = tf.TensorSpec([None, 3], tf.int64)
+    with pytest.raises(RequestError, match="not a rectangular array"):
+        _to_array("history", [[1, 2, 3], [1, 2]], spec)
