@@ -236,18 +236,20 @@ def reverse_step_cosine(model, arrays: Mapping[str, np.ndarray], n: int = 512,
 
 def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarray]],
             train_config: TrainConfig, example_spec: ExampleSpec,
-            checkpoint_root: Optional[str] = None) -> dict:
+            checkpoint_root: Optional[str] = None, use_item_features: bool = True) -> dict:
     vocabulary, item_features = Vocabulary.read(root), ItemFeatures.read(root)
     config = model_config(spec["model"], spec.get("config", {}))
     checkpoint_dir = None
     if checkpoint_root:
         slug = "".join(c if c.isalnum() else "_" for c in spec["label"])
         checkpoint_dir = os.path.join(checkpoint_root, f"{slug}_seed{seed}")
-    train_config = dataclasses.replace(train_config, seed=seed, checkpoint_dir=checkpoint_dir)
+    # A run spec may override training settings: {"train": {"learning_rate": 0.003}}.
+    train_config = dataclasses.replace(train_config, seed=seed, checkpoint_dir=checkpoint_dir,
+                                       **spec.get("train", {}))
 
     def build():
         return build_model(spec["model"], config, num_items=vocabulary.size,
-                           item_features=item_features.matrix,
+                           item_features=item_features.matrix if use_item_features else None,
                            item_frequencies=vocabulary.frequencies(), example_spec=example_spec)
 
     if TRAIN_SEQUENCES in data:
@@ -267,7 +269,8 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
     validation = history.get(f"val_{train_config.selection_metric}", [])
     return {
         "label": spec["label"], "model": spec["model"], "seed": seed,
-        "config": dataclasses.asdict(config), "metrics": result.metrics,
+        "config": dataclasses.asdict(config), "train": dataclasses.asdict(train_config),
+        "metrics": result.metrics,
         "intervals": {k: list(v) for k, v in result.intervals.items()},
         "metrics_seen_excluded": excluded.metrics,
         "intervals_seen_excluded": {k: list(v) for k, v in excluded.intervals.items()},
@@ -346,7 +349,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--preset", default="table2", choices=sorted(PRESETS))
     parser.add_argument("--only", nargs="*", default=None, help="labels of the preset to run")
     parser.add_argument("--runs", default=None, help="JSON file with a list of run specs "
-                        "({label, model, config}) instead of a preset")
+                        "({label, model, config, train}) instead of a preset; train overrides "
+                        "TrainConfig fields for that run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--patience", type=int, default=3)
@@ -368,6 +372,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--time-budget-seconds", type=float, default=None,
                         help="stop after the epoch in which training wall time reaches this; "
                              "the best validation epoch so far is tested (time to quality)")
+    parser.add_argument("--no-item-features", action="store_true",
+                        help="item ids only (no genres), as SASRec's reference code")
     parser.add_argument("--checkpoint-dir", default=None,
                         help="checkpoint every epoch under this folder; rerunning the same "
                              "command resumes each run where it stopped")
@@ -395,6 +401,7 @@ def main(argv: Optional[List[str]] = None) -> None:
               "max_train_windows_per_user": args.max_train_windows_per_user,
               "max_user_interactions": args.max_user_interactions, "layout": args.layout,
               "max_chunks_per_user": args.max_chunks_per_user,
+              "item_features": not args.no_item_features,
               # oneDNN is chosen when TensorFlow starts (TF_ENABLE_ONEDNN_OPTS; on by default on
               # this AVX-512 CPU): turning it off makes SASRec's training about 3.5x slower
               # (benchmarks/sequence_training_speed.py).
@@ -418,7 +425,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             for seed in args.seeds:
                 r = run_one(spec, seed, root, data, train_config, example_spec,
                             os.path.join(args.checkpoint_dir, protocol)
-                            if args.checkpoint_dir else None)
+                            if args.checkpoint_dir else None,
+                            use_item_features=not args.no_item_features)
                 results.append(r)
                 print(f"[{protocol}] {r['label']} seed {seed}: recall@20 "
                       f"{r['metrics']['recall@20']:.4f} mrr@20 {r['metrics']['mrr@20']:.4f} "
