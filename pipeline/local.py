@@ -58,10 +58,41 @@ def check_inputs(config: PipelineConfig) -> None:
         resolve_files(config.schema_path)
 
 
+def close_stale_executions(metadata_path: str) -> int:
+    """Marks executions still RUNNING in the ML Metadata store as CANCELED; returns how many.
+
+    LocalDagRunner runs a pipeline inside this process, so an execution that is RUNNING before
+    a run starts belongs to a process that was killed (the work it did is not lost: a Trainer
+    resumes from its checkpoints). Do not point two concurrent local runs at one store.
+    """
+    if not os.path.exists(metadata_path):
+        return 0
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = metadata_path
+    store = metadata_store.MetadataStore(connection)
+    stale = [e for e in store.get_executions()
+             if e.last_known_state == metadata_store_pb2.Execution.RUNNING]
+    for execution in stale:
+        execution.last_known_state = metadata_store_pb2.Execution.CANCELED
+        execution.custom_properties["closed_by"].string_value = (
+            "t2diff: the process running it ended before it finished")
+    if stale:
+        store.put_executions(stale)
+    return len(stale)
+
+
 def run(config: PipelineConfig) -> None:
-    """Runs ``config``'s pipeline with LocalDagRunner and SQLite ML Metadata."""
+    """Runs ``config``'s pipeline with LocalDagRunner and SQLite ML Metadata (closing first the
+    executions a killed earlier run left RUNNING)."""
     check_inputs(config)
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+    closed = close_stale_executions(config.metadata_path)
+    if closed:
+        print(f"t2diff: {closed} execution(s) left RUNNING by an interrupted run marked CANCELED "
+              f"in {config.metadata_path}", file=sys.stderr)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(
         config, tfx.orchestration.metadata.sqlite_metadata_connection_config(
             config.metadata_path)))

@@ -160,3 +160,26 @@ def test_sequence_layout_trains_next_item_models_on_chunks(tmp_path):
     assert not glob.glob(f"{root}/checkpoints/*")
     report = json.load(open(one(f"{root}/RetrievalEvaluator/evaluation/*/metrics.json")))
     assert report["model"]["num_examples"] == stats["examples"]["test"]
+
+
+def test_executions_a_killed_run_left_running_are_closed(tmp_path):
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    path = str(tmp_path / "metadata.sqlite")
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = path
+    connection.sqlite.connection_mode = 3  # READWRITE_OPENCREATE
+    store = metadata_store.MetadataStore(connection)
+    type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name="Trainer"))
+    running = metadata_store_pb2.Execution(
+        type_id=type_id, last_known_state=metadata_store_pb2.Execution.RUNNING)
+    done = metadata_store_pb2.Execution(
+        type_id=type_id, last_known_state=metadata_store_pb2.Execution.COMPLETE)
+    store.put_executions([running, done])
+    assert local.close_stale_executions(path) == 1
+    states = sorted(metadata_store_pb2.Execution.State.Name(e.last_known_state)
+                    for e in store.get_executions())
+    assert states == ["CANCELED", "COMPLETE"]
+    assert local.close_stale_executions(path) == 0
+    assert local.close_stale_executions(str(tmp_path / "none.sqlite")) == 0
