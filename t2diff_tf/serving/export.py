@@ -167,7 +167,8 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
                        names: ServingNames = ServingNames(),
                        warmup_features: Optional[Mapping[str, Any]] = None,
                        warmup_batch_sizes: Tuple[int, ...] = (1, 8),
-                       overwrite: bool = False) -> ExportResult:
+                       overwrite: bool = False,
+                       source: Optional[Mapping[str, Any]] = None) -> ExportResult:
     """Exports the user tower, an exact top-K model and a ScaNN index for serving.
 
     Args:
@@ -188,6 +189,8 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
         (:func:`~t2diff_tf.serving.warmup.synthetic_query_features`).
       warmup_batch_sizes: batch sizes of the ``serving_default`` warmup requests.
       overwrite: replace an existing ``destination``.
+      source: what the export is pushed from (written to the manifest's ``source``, inside the
+        atomic write, so a bundle that exists records it).
 
     Returns:
       The :class:`ExportResult` (paths under the final ``destination``).
@@ -320,7 +323,8 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
             history_length=spec.history_length, k=k, index=index_description,
             exported_at=now.isoformat(timespec="seconds"),
             paths=dict(relative), served_models=served,
-            signatures=signature_names, library_versions=library_versions()).normalized()
+            signatures=signature_names, library_versions=library_versions(),
+            source=dict(source) if source is not None else None).normalized()
         write_manifest(os.path.join(workdir, MANIFEST_FILE), manifest)
 
     return ExportResult(

@@ -48,6 +48,9 @@ class ServingManifest:
       signatures: ``{artefact: [signature names]}``.
       library_versions: TensorFlow, TFRS, ScaNN versions used.
       format_version: version of this manifest layout.
+      source: what the export was pushed from, when the caller says (the Pusher: the model's
+        artifact and content fingerprint, the examples, the blessing metrics); a model whose
+        fingerprint a bundle already records is not pushed again.
     """
 
     model_version: int
@@ -66,6 +69,7 @@ class ServingManifest:
     signatures: Dict[str, Any]
     library_versions: Dict[str, str]
     format_version: int = FORMAT_VERSION
+    source: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
