@@ -25,7 +25,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 
 from components.evaluator import SavedRetrievalModel, example_spec, serving_dir
-from components.preprocessing.vocabulary import VOCABULARY_FILE
+from components.preprocessing.vocabulary import ITEM_FEATURES_FILE, VOCABULARY_FILE
 
 Parameter = tfx.dsl.components.Parameter
 InputArtifact = tfx.dsl.components.InputArtifact
@@ -76,6 +76,34 @@ def remove_stale_temporaries(push_destination: str) -> List[str]:
     return sorted(removed)
 
 
+def _read_json(path: str) -> Optional[dict]:
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def push_source(model_uri: str, fingerprint: str, examples_uri: str, blessing_uri: str) -> dict:
+    """What a bundle records of where it came from (its manifest's ``source``): the registry
+    model and its configuration (the Trainer's ``training.json``), the model's fingerprint, the
+    training data's (the examples' ``stats.json``: counts and preprocessing configuration, and
+    its sha256) and the Evaluator's blessing decision with the metric it compared."""
+    training = _read_json(os.path.join(serving_dir(model_uri), "assets.extra",
+                                       "training.json")) or {}
+    stats_path = os.path.join(examples_uri, "stats.json")
+    stats_sha256 = None
+    if tf.io.gfile.exists(stats_path):
+        with tf.io.gfile.GFile(stats_path, "rb") as f:
+            stats_sha256 = hashlib.sha256(f.read()).hexdigest()
+    decision = None
+    for marker in ("BLESSED", "NOT_BLESSED"):
+        decision = decision or _read_json(os.path.join(blessing_uri, marker))
+    return {"model_uri": model_uri, "model_fingerprint": fingerprint,
+            "registry_model": training.get("model"), "model_config": training.get("model_config"),
+            "training_layout": training.get("layout"), "examples_uri": examples_uri,
+            "examples_stats_sha256": stats_sha256, "blessing": decision}
+
+
 def is_blessed(blessing_uri: str, blessed_property: int) -> bool:
     return bool(blessed_property) and tf.io.gfile.exists(os.path.join(blessing_uri, "BLESSED"))
 
@@ -122,12 +150,13 @@ def RetrievalPusher(
     version = int(time.time())
     while tf.io.gfile.exists(os.path.join(push_destination, str(version))):
         version += 1
-    source = {"model_uri": model.uri, "model_fingerprint": fingerprint,
-              "examples_uri": examples.uri, "blessing_uri": model_blessing.uri}
+    source = push_source(model.uri, fingerprint, examples.uri, model_blessing.uri)
+    features = os.path.join(examples.uri, ITEM_FEATURES_FILE)
     result = export_for_serving(
         SavedRetrievalModel(serving_dir(model.uri)), example_spec(examples.uri),
         os.path.join(push_destination, str(version)),
-        os.path.join(examples.uri, VOCABULARY_FILE), version=version, k=top_k, source=source)
+        os.path.join(examples.uri, VOCABULARY_FILE), version=version, k=top_k, source=source,
+        extra_files=(features,) if tf.io.gfile.exists(features) else ())
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_string_custom_property("pushed_destination", push_destination)
     pushed_model.set_int_custom_property("pushed_version", version)

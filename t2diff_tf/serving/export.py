@@ -30,6 +30,7 @@ import datetime
 import importlib.metadata
 import logging
 import os
+import shutil
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -40,8 +41,8 @@ from t2diff_tf import features as F
 from t2diff_tf.serving import signatures as S
 from t2diff_tf.serving.atomic import atomic_directory, check_destination
 from t2diff_tf.serving.brute_force import BruteForceIndex
-from t2diff_tf.serving.manifest import (MANIFEST_FILE, ServingManifest, file_sha256,
-                                        write_manifest)
+from t2diff_tf.serving.manifest import (BUNDLED_VOCABULARY, MANIFEST_FILE, ServingManifest,
+                                        file_sha256, write_manifest)
 from t2diff_tf.serving.model_server_config import ServedModel, write_model_server_config
 from t2diff_tf.serving.scann_index import (ScannConfig, build_pybind_index,
                                            build_scann_layer, recall_at_k)
@@ -168,7 +169,8 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
                        warmup_features: Optional[Mapping[str, Any]] = None,
                        warmup_batch_sizes: Tuple[int, ...] = (1, 8),
                        overwrite: bool = False,
-                       source: Optional[Mapping[str, Any]] = None) -> ExportResult:
+                       source: Optional[Mapping[str, Any]] = None,
+                       extra_files: Tuple[str, ...] = ()) -> ExportResult:
     """Exports the user tower, an exact top-K model and a ScaNN index for serving.
 
     Args:
@@ -191,6 +193,12 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
       overwrite: replace an existing ``destination``.
       source: what the export is pushed from (written to the manifest's ``source``, inside the
         atomic write, so a bundle that exists records it).
+      extra_files: files copied into the bundle beside the vocabulary (e.g. the item features),
+        so that the bundle is self-contained.
+
+    The vocabulary is copied into the bundle as ``item_vocabulary.tsv`` and the manifest's
+    ``vocabulary_path`` is relative to the bundle: a bundle moved to another directory or bucket
+    still maps item ids back to raw ids.
 
     Returns:
       The :class:`ExportResult` (paths under the final ``destination``).
@@ -311,13 +319,20 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
                 header=f"t2diff export, version {version}: needs a TF Serving build with the "
                        f"ScaNN ops (e.g. google/tf-serving-scann) for {names.scann!r}.")
 
+        # The vocabulary (and side files) travel inside the bundle.
+        shutil.copyfile(vocabulary_path, os.path.join(workdir, BUNDLED_VOCABULARY))
+        relative["vocabulary"] = BUNDLED_VOCABULARY
+        for path in extra_files:
+            shutil.copyfile(path, os.path.join(workdir, os.path.basename(path)))
+            relative[os.path.splitext(os.path.basename(path))[0]] = os.path.basename(path)
+
         # (d) the manifest, last.
         now = datetime.datetime.now(datetime.timezone.utc)
         manifest = ServingManifest(
             model_version=version,
             model_name=getattr(model, "name", None) or type(model).__name__,
             model_config=model.model_config() if hasattr(model, "model_config") else None,
-            vocabulary_path=os.path.abspath(vocabulary_path),
+            vocabulary_path=BUNDLED_VOCABULARY,
             vocabulary_sha256=file_sha256(vocabulary_path),
             embedding_dim=int(embedding_dim), corpus_size=int(corpus_size),
             history_length=spec.history_length, k=k, index=index_description,

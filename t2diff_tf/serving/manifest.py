@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+# The item vocabulary inside a bundle (int id, raw id, count per line): paths are relative to it.
+BUNDLED_VOCABULARY = "item_vocabulary.tsv"
 
 
 def file_sha256(path: str, chunk_size: int = 1 << 20) -> str:
@@ -34,7 +36,8 @@ class ServingManifest:
       model_version: the TF Serving version number of every model in the export.
       model_name: the model's class or registry name.
       model_config: the model's own description (``RetrievalModel.model_config()``), if any.
-      vocabulary_path: the vocabulary file the export was built against (as given).
+      vocabulary_path: the vocabulary inside the bundle, relative to it
+        (``item_vocabulary.tsv``).
       vocabulary_sha256: sha256 of that file's bytes.
       embedding_dim: ``d`` of user and item embeddings.
       corpus_size: ``N``, the items in the indices (ids ``1..N``; 0 = padding, never returned).

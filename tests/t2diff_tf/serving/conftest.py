@@ -58,7 +58,8 @@ def exported(tmp_path_factory):
     """The model, its export (top-K k = 20, ScaNN tree) and held-out query windows."""
     root = tmp_path_factory.mktemp("export")
     vocabulary = root / "vocabulary.tsv"
-    vocabulary.write_text("".join(f"raw{i}\t{i}\t{i % 7 + 1}\n" for i in range(1, NUM_ITEMS + 1)))
+    vocabulary.write_text("int_id\traw_id\tcount\n" + "".join(
+        f"{i}\traw{i}\t{i % 7 + 1}\n" for i in range(1, NUM_ITEMS + 1)))
     model = train_small_model()
     result = export_for_serving(model, SPEC, str(root / "serving"), str(vocabulary),
                                 version=VERSION, k=K, scann=SCANN)

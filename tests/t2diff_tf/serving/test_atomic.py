@@ -61,8 +61,8 @@ def test_existing_export_is_kept_unless_overwrite(exported, tmp_path):
     first = export_module.export_for_serving(exported.model, SPEC, str(destination),
                                              exported.vocabulary_path, version=1, k=5, scann=None)
     assert first.scann_path is None and first.scann_models_config_path is None
-    assert sorted(os.listdir(destination)) == ["manifest.json", "models.config", "top_k",
-                                              "user_tower"]
+    assert sorted(os.listdir(destination)) == ["item_vocabulary.tsv", "manifest.json",
+                                              "models.config", "top_k", "user_tower"]
     with pytest.raises(FileExistsError):
         export_module.export_for_serving(exported.model, SPEC, str(destination),
                                          exported.vocabulary_path, version=2, scann=None)

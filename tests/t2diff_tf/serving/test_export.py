@@ -351,3 +351,50 @@ def test_serving_answers_an_empty_batch_empty_and_refuses_non_finite_embeddings(
     assert top_k.serve(**_request(spec, batch=0))["item_ids"].shape == (0, 5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="user_embedding must be finite"):
         top_k.top_k_from_embedding(tf.constant([[np.nan] * 8], tf.float32))
+
+
+MOVED_BUNDLE = """
+import json, os, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import numpy as np
+import tensorflow as tf
+bundle = sys.argv[1]
+manifest = json.load(open(os.path.join(bundle, "manifest.json")))
+raw = {}
+with open(os.path.join(bundle, manifest["vocabulary_path"])) as f:
+    next(f)  # header: int_id, raw_id, count
+    for line in f:
+        int_id, raw_id, _ = line.rstrip("\\n").split("\\t")
+        raw[int(int_id)] = raw_id
+top_k = tf.saved_model.load(os.path.join(bundle, manifest["paths"]["top_k"]))
+request = json.loads(sys.argv[2])
+out = top_k.signatures["serving_default"](
+    **{k: tf.constant(v, tf.int64) for k, v in request.items()})
+print("RESULT " + json.dumps([[raw[int(i)] for i in row] for row in out["item_ids"].numpy()]))
+"""
+
+
+def test_a_moved_bundle_maps_a_users_top_k_to_raw_ids_in_a_fresh_process(exported, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    moved = tmp_path / "elsewhere" / "bundle"
+    shutil.copytree(exported.result.destination, moved)
+    manifest = read_manifest(str(moved / "manifest.json"))
+    assert manifest.vocabulary_path == "item_vocabulary.tsv"
+    assert not os.path.isabs(manifest.paths["top_k"])
+    request = {k: np.asarray(v)[:2].tolist() for k, v in exported.queries.items()}
+    script = tmp_path / "read_bundle.py"
+    script.write_text(MOVED_BUNDLE)
+    done = subprocess.run([sys.executable, str(script), str(moved), json.dumps(request)],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads([l for l in done.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
+    # The original bundle's answer, mapped through the vocabulary the fixture wrote.
+    original = tf.saved_model.load(exported.result.top_k_path)
+    ids = original.signatures["serving_default"](
+        **{k: tf.constant(v, tf.int64) for k, v in request.items()})["item_ids"].numpy()
+    assert rows == [[f"raw{i}" for i in row] for row in ids]
+    assert len(rows) == 2 and len(rows[0]) == K
