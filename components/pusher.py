@@ -104,6 +104,22 @@ def push_source(model_uri: str, fingerprint: str, examples_uri: str, blessing_ur
             "examples_stats_sha256": stats_sha256, "blessing": decision}
 
 
+PROBE_WINDOWS = 2000
+
+
+def held_out_windows(examples_uri: str, spec, limit: int = PROBE_WINDOWS) -> Optional[dict]:
+    """Up to ``limit`` validation windows' query features (real queries for ScaNN's recall)."""
+    from components.preprocessing.transforms import split_dir
+    from t2diff_tf import features as F
+    from t2diff_tf.training import read_examples
+
+    pattern = os.path.join(split_dir(examples_uri, "validation"), "*")
+    if not tf.io.gfile.glob(pattern):
+        return None
+    batch = next(iter(read_examples(pattern, spec, limit, with_user_id=False)))
+    return {name: batch[name].numpy() for name in F.QUERY_FEATURES}
+
+
 def is_blessed(blessing_uri: str, blessed_property: int) -> bool:
     return bool(blessed_property) and tf.io.gfile.exists(os.path.join(blessing_uri, "BLESSED"))
 
@@ -116,6 +132,7 @@ def RetrievalPusher(
     pushed_model: OutputArtifact[tfx.types.standard_artifacts.PushedModel],
     push_destination: Parameter[str],
     top_k: Parameter[int] = 100,
+    min_scann_recall: Parameter[float] = 0.95,
 ) -> None:
     """Pushes a blessed model to ``push_destination/<version>/`` with its indexes.
 
@@ -124,6 +141,9 @@ def RetrievalPusher(
       examples: for the item vocabulary (hashed into the manifest) and the example shapes.
       push_destination: a directory (local or any ``tf.io.gfile`` filesystem).
       top_k: K of the top-K SavedModels.
+      min_scann_recall: the least recall@K against exact search the ScaNN index may ship with,
+        measured on the validation users' windows (up to ``PROBE_WINDOWS``); below it the index
+        is widened, and still below, the push stops with a clear message (0 disables).
     """
     from t2diff_tf.serving import export_for_serving
 
@@ -152,11 +172,14 @@ def RetrievalPusher(
         version += 1
     source = push_source(model.uri, fingerprint, examples.uri, model_blessing.uri)
     features = os.path.join(examples.uri, ITEM_FEATURES_FILE)
+    spec = example_spec(examples.uri)
     result = export_for_serving(
-        SavedRetrievalModel(serving_dir(model.uri)), example_spec(examples.uri),
+        SavedRetrievalModel(serving_dir(model.uri)), spec,
         os.path.join(push_destination, str(version)),
         os.path.join(examples.uri, VOCABULARY_FILE), version=version, k=top_k, source=source,
-        extra_files=(features,) if tf.io.gfile.exists(features) else ())
+        extra_files=(features,) if tf.io.gfile.exists(features) else (),
+        probe_features=held_out_windows(examples.uri, spec),
+        min_scann_recall=min_scann_recall or None)
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_string_custom_property("pushed_destination", push_destination)
     pushed_model.set_int_custom_property("pushed_version", version)

@@ -52,6 +52,12 @@ from t2diff_tf.serving.warmup import (query_warmup_requests, synthetic_query_fea
 MODELS_CONFIG = "models.config"
 RECALL_PROBE_QUERIES = 64
 RECALL_WARNING = 0.9
+# How many times a ScaNN index below ``min_scann_recall`` is widened before the export stops.
+SCANN_RETUNES = 3
+
+
+class ScannRecallError(ValueError):
+    """The ScaNN index stays below the required recall even after re-tuning."""
 SCANN_MODELS_CONFIG = "models_scann.config"
 # Serving never differentiates: skipping the custom-gradient traces roughly halves save time.
 SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
@@ -170,7 +176,9 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
                        warmup_batch_sizes: Tuple[int, ...] = (1, 8),
                        overwrite: bool = False,
                        source: Optional[Mapping[str, Any]] = None,
-                       extra_files: Tuple[str, ...] = ()) -> ExportResult:
+                       extra_files: Tuple[str, ...] = (),
+                       probe_features: Optional[Mapping[str, Any]] = None,
+                       min_scann_recall: Optional[float] = None) -> ExportResult:
     """Exports the user tower, an exact top-K model and a ScaNN index for serving.
 
     Args:
@@ -195,6 +203,13 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
         atomic write, so a bundle that exists records it).
       extra_files: files copied into the bundle beside the vocabulary (e.g. the item features),
         so that the bundle is self-contained.
+      probe_features: real held-out query windows (e.g. the validation users') on which the
+        ScaNN index's recall@k against exact search is measured; default: synthetic windows.
+        The warmup windows are always added.
+      min_scann_recall: the least recall@k the ScaNN index may ship with: below it the index is
+        widened (twice the leaves searched and candidates rescored, up to
+        ``SCANN_RETUNES`` times) and, still below, the export stops with
+        :class:`ScannRecallError` and leaves nothing behind. ``None``: only a warning below 0.9.
 
     The vocabulary is copied into the bundle as ``item_vocabulary.tsv`` and the manifest's
     ``vocabulary_path`` is relative to the bundle: a bundle moved to another directory or bucket
@@ -276,28 +291,52 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
             relative["scann_models_config"] = SCANN_MODELS_CONFIG
             served[names.scann] = names.scann
             signature_names[names.scann] = signature_names[names.top_k]
+            # Recall on held-out queries first: a low index is widened or refused before any
+            # ScaNN artefact is written.
+            if probe_features is not None:
+                probe = {n: np.asarray(probe_features[n]) for n in F.QUERY_FEATURES}
+                queries_from = "user tower on held-out query windows and the warmup windows"
+            else:
+                probe = synthetic_query_features(spec, int(ids.max()), RECALL_PROBE_QUERIES,
+                                                 seed=1)
+                queries_from = "user tower on the warmup and synthetic windows"
+            probe = user_tower.serve(**{n: tf.constant(probe[n], tf.int64)
+                                        for n in F.QUERY_FEATURES})[S.USER_EMBEDDING].numpy()
+            probe = np.concatenate([warmup_embeddings, probe])
+            searcher = build_pybind_index(candidates, ids, resolved)
+            estimate = recall_at_k(searcher, probe, candidates, ids, k)
+            tried = [{"num_leaves_to_search": resolved.num_leaves_to_search,
+                      "reorder_k": resolved.reorder_k, "recall": round(estimate, 4)}]
+            for _ in range(SCANN_RETUNES):
+                wider = resolved.widened()
+                if min_scann_recall is None or estimate >= min_scann_recall or wider is None:
+                    break
+                resolved = wider
+                searcher = build_pybind_index(candidates, ids, resolved)
+                estimate = recall_at_k(searcher, probe, candidates, ids, k)
+                tried.append({"num_leaves_to_search": resolved.num_leaves_to_search,
+                              "reorder_k": resolved.reorder_k, "recall": round(estimate, 4)})
+            if min_scann_recall is not None and estimate < min_scann_recall:
+                raise ScannRecallError(
+                    f"the ScaNN index reaches recall@{k} {estimate:.3f} on {len(probe)} held-out "
+                    f"queries, below the required {min_scann_recall}, even after re-tuning "
+                    f"({tried}); nothing was pushed. Give the index more leaves to search "
+                    f"(ScannConfig.num_leaves_to_search), a larger reorder_k, or lower the "
+                    f"threshold")
             layer = build_scann_layer(candidates, ids, resolved, name="scann")
             scann_model = S.TopKModule(user_tower, layer, k, embedding_dim, name=names.scann)
             path = save_module(scann_model, os.path.join(workdir, relative[names.scann]),
-                         SCANN_SAVE_OPTIONS)
+                               SCANN_SAVE_OPTIONS)
             write_warmup_requests(path, query_warmup_requests(
                 names.scann, warmup_features, warmup_batch_sizes, warmup_examples,
                 warmup_embeddings))
             warmups[names.scann] = relative[names.scann]
-            searcher = build_pybind_index(candidates, ids, resolved)
             searcher.serialize(os.path.join(workdir, relative[names.scann_searcher]), resolved)
             index_description["scann"] = resolved.to_dict()
-            # A self-check that travels with the index: recall@k against exact search for user
-            # embeddings of the warmup windows plus synthetic ones.
-            probe = synthetic_query_features(spec, int(ids.max()), RECALL_PROBE_QUERIES, seed=1)
-            probe = user_tower.serve(**{n: tf.constant(probe[n], tf.int64)
-                                        for n in F.QUERY_FEATURES})[S.USER_EMBEDDING].numpy()
-            probe = np.concatenate([warmup_embeddings, probe])
-            estimate = recall_at_k(searcher, probe, candidates, ids, k)
             index_description["scann"]["recall_at_k_estimate"] = {
                 "recall": round(estimate, 4), "queries": int(len(probe)),
-                "queries_from": "user tower on the warmup and synthetic windows",
-                "against": "exact inner-product top-k"}
+                "queries_from": queries_from, "against": "exact inner-product top-k",
+                "tuning": tried, "required": min_scann_recall}
             if estimate < RECALL_WARNING:
                 logging.warning("ScaNN recall@%d is %.3f on %d probe queries; consider more "
                                 "num_leaves_to_search or reorder_k", k, estimate, len(probe))

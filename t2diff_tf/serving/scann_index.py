@@ -171,6 +171,17 @@ class ResolvedScannConfig:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
 
+    def widened(self) -> Optional["ResolvedScannConfig"]:
+        """The same tree searching twice the leaves and rescoring twice the candidates (capped
+        at all of them), or ``None`` when it already searches everything it can."""
+        if self.mode != TREE_AH:
+            return None
+        leaves = min(2 * self.num_leaves_to_search, self.num_leaves)
+        reorder = min(2 * self.reorder_k, self.corpus_size) if self.reorder_k else self.reorder_k
+        if leaves == self.num_leaves_to_search and reorder == self.reorder_k:
+            return None
+        return dataclasses.replace(self, num_leaves_to_search=leaves, reorder_k=reorder)
+
     @property
     def is_exact(self) -> bool:
         return self.mode == BRUTE_FORCE

@@ -398,3 +398,27 @@ def test_a_moved_bundle_maps_a_users_top_k_to_raw_ids_in_a_fresh_process(exporte
         **{k: tf.constant(v, tf.int64) for k, v in request.items()})["item_ids"].numpy()
     assert rows == [[f"raw{i}" for i in row] for row in ids]
     assert len(rows) == 2 and len(rows[0]) == K
+
+
+def test_scann_below_the_required_recall_is_widened_then_refused(exported, tmp_path):
+    from t2diff_tf.serving import export as export_module
+    from t2diff_tf.serving.scann_index import ScannConfig
+
+    narrow = ScannConfig(num_leaves=24, num_leaves_to_search=1, reorder_k=20)
+    # Reachable: widening searches more leaves until recall on the held-out windows is enough.
+    result = export_module.export_for_serving(exported.model, SPEC, str(tmp_path / "ok"),
+                                exported.vocabulary_path, version=1, k=K, scann=narrow,
+                                probe_features=exported.queries, min_scann_recall=0.95)
+    estimate = result.manifest.index["scann"]["recall_at_k_estimate"]
+    assert estimate["recall"] >= 0.95 and estimate["required"] == 0.95
+    assert estimate["queries"] == len(exported.queries[F.HISTORY]) + 8  # + the warmup windows
+    leaves = [t["num_leaves_to_search"] for t in estimate["tuning"]]
+    assert leaves == sorted(leaves) and leaves[0] == 1
+    assert result.manifest.index["scann"]["num_leaves_to_search"] == leaves[-1]
+    # Unreachable: the export stops with a clear message and leaves nothing behind.
+    with pytest.raises(export_module.ScannRecallError, match="below the required 1.01"):
+        export_module.export_for_serving(exported.model, SPEC, str(tmp_path / "refused" / "1"),
+                           exported.vocabulary_path, version=1, k=K, scann=narrow,
+                           probe_features=exported.queries, min_scann_recall=1.01)
+    assert not os.path.exists(tmp_path / "refused" / "1")
+    assert not [p for p in os.listdir(tmp_path / "refused") if p.startswith(".tmp-")]
