@@ -1,7 +1,7 @@
 """Paired comparison of two runs of ``benchmarks/ml1m.py`` on the same test users.
 
     python benchmarks/compare.py RESULTS_A.json "LABEL A" RESULTS_B.json "LABEL B" \
-        [--seed 0] [--seed-b 1]
+        [--seed 0] [--seed-b 1] [--seen-excluded]
 
 Aligns the two runs' per-user test ranks by ``user_id`` and prints, for each metric, the
 difference ``A - B`` with a paired percentile bootstrap interval over users (one draw of users
@@ -9,7 +9,8 @@ serves both runs). Two runs whose own intervals overlap can still differ beyond 
 interval of the difference above 0 says A beats B at that level. Runs written before the harness
 recorded ``test_ranks`` cannot be compared: run them again. The interval covers the test users'
 sampling only, not training noise: compare runs of several seeds (``--seed``, ``--seed-b``) to
-see that.
+see that. ``--seen-excluded`` compares the ranks with each user's seen items dropped from the
+ranking (``test_ranks_seen_excluded``, recorded by runs on the sequence layout).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from t2diff_tf.metrics import paired_difference, ranking_metrics  # noqa: E402
 METRICS = ("recall@10", "recall@20", "mrr@20", "ndcg@10")
 
 
-def find_run(path: str, label: str, protocol: Optional[str] = None, seed: int = 0) -> dict:
-    """The run called ``label`` (and ``seed``) in a results file, with its protocol."""
+def find_run(path: str, label: str, protocol: Optional[str] = None, seed: int = 0,
+             ranks: str = "test_ranks") -> dict:
+    """The run called ``label`` (and ``seed``) in a results file, with its protocol; its
+    ``ranks`` field (``test_ranks`` or ``test_ranks_seen_excluded``) becomes ``test_ranks``."""
     with open(path) as f:
         report = json.load(f)
     found = [dict(r, protocol=name) for name, block in report["protocols"].items()
@@ -42,10 +45,10 @@ def find_run(path: str, label: str, protocol: Optional[str] = None, seed: int = 
         raise SystemExit(f"{path}: {len(found)} runs labelled {label!r} (seed {seed}); "
                          f"labels: {labels}")
     run = found[0]
-    if not run.get("test_ranks") or not run.get("test_users"):
-        raise SystemExit(f"{path}: run {label!r} has no per-user test ranks (written before "
+    if not run.get(ranks) or not run.get("test_users"):
+        raise SystemExit(f"{path}: run {label!r} has no per-user {ranks} (written before "
                          f"the harness recorded them); run it again")
-    return run
+    return dict(run, test_ranks=run[ranks])
 
 
 def aligned_ranks(a: dict, b: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,13 +100,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
     parser.add_argument("--seed-b", type=int, default=None,
                         help="run B's training seed, when it differs from A's (--seed)")
     parser.add_argument("--num-resamples", type=int, default=1000)
+    parser.add_argument("--seen-excluded", action="store_true",
+                        help="compare the rankings with each user's seen items excluded")
     args = parser.parse_args(argv)
-    a = find_run(args.results_a, args.label_a, args.protocol, args.seed)
+    ranks = "test_ranks_seen_excluded" if args.seen_excluded else "test_ranks"
+    a = find_run(args.results_a, args.label_a, args.protocol, args.seed, ranks)
     b = find_run(args.results_b, args.label_b, args.protocol,
-                 args.seed if args.seed_b is None else args.seed_b)
+                 args.seed if args.seed_b is None else args.seed_b, ranks)
     result = compare(a, b, args.num_resamples)
     print(f"A = {args.label_a} ({args.results_a}), B = {args.label_b} ({args.results_b}), "
-          f"{result['num_examples']} shared test examples; paired 95% bootstrap over users")
+          f"{result['num_examples']} shared test examples; paired 95% bootstrap over users"
+          + ("; seen items excluded" if args.seen_excluded else "; seen items ranked"))
     print("| metric | A | B | A - B [95% CI] |\n|---|---|---|---|")
     for name in METRICS:
         r = result[name]

@@ -125,8 +125,20 @@ def test_paired_comparison_of_two_runs(results_path, tmp_path, capsys):
     path = str(tmp_path / "old.json")
     with open(path, "w") as f:
         json.dump({"protocols": {"leave_one_out": {"results": [old]}}}, f)
-    with pytest.raises(SystemExit, match="no per-user test ranks"):
+    with pytest.raises(SystemExit, match="no per-user test_ranks"):
         compare.main([path, "T2Diff, T = 10", results_path, "T2Diff, T = 10"])
+
+
+def test_paired_comparison_with_seen_items_excluded(results_path):
+    compare = load_script("compare")
+    with open(results_path) as f:
+        two_tower, _, sasrec = json.load(f)["protocols"]["leave_one_out"]["results"]
+    result = compare.main([results_path, "SASRec", results_path, "Two-tower (mean pool)",
+                           "--seen-excluded"])
+    for name in compare.METRICS:
+        # The excluded ranks give back each run's own seen-excluded metric, not the ranked one.
+        assert result[name]["a"] == pytest.approx(sasrec["metrics_seen_excluded"][name])
+        assert result[name]["b"] == pytest.approx(two_tower["metrics_seen_excluded"][name])
 
 
 def test_ablation_notebook_executes_on_a_results_file(results_path, monkeypatch):
