@@ -11,6 +11,7 @@ recorded ``test_ranks`` cannot be compared: run them again. The interval covers 
 sampling only, not training noise: compare runs of several seeds (``--seed``, ``--seed-b``) to
 see that. ``--seen-excluded`` compares the ranks with each user's seen items dropped from the
 ranking (``test_ranks_seen_excluded``, recorded by runs on the sequence layout).
+``--users 1-2999`` compares on the users whose numeric id lies in that range only.
 """
 
 from __future__ import annotations
@@ -76,8 +77,27 @@ def aligned_ranks(a: dict, b: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]
     return np.array(rows_a), np.array(rows_b), np.array(users)
 
 
-def compare(a: dict, b: dict, num_resamples: int = 1000, seed: int = 0) -> Dict[str, dict]:
+def user_range(text: str) -> Tuple[int, int]:
+    """``"1-2999"`` -> ``(1, 2999)``."""
+    low, sep, high = text.partition("-")
+    try:
+        bounds = int(low), int(high)
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None or bounds[0] > bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected LOW-HIGH user ids, got {text!r}")
+    return bounds
+
+
+def compare(a: dict, b: dict, num_resamples: int = 1000, seed: int = 0,
+            users_in: Optional[Tuple[int, int]] = None) -> Dict[str, dict]:
     ranks_a, ranks_b, users = aligned_ranks(a, b)
+    if users_in is not None:
+        keep = np.array([u.isdigit() and users_in[0] <= int(u) <= users_in[1] for u in users],
+                        bool)
+        if not keep.any():
+            raise SystemExit(f"no shared test user has an id in {users_in[0]}-{users_in[1]}")
+        ranks_a, ranks_b, users = ranks_a[keep], ranks_b[keep], users[keep]
     per_a, per_b = ranking_metrics(ranks_a, (10, 20)), ranking_metrics(ranks_b, (10, 20))
     out = {}
     for name in METRICS:
@@ -102,15 +122,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
     parser.add_argument("--num-resamples", type=int, default=1000)
     parser.add_argument("--seen-excluded", action="store_true",
                         help="compare the rankings with each user's seen items excluded")
+    parser.add_argument("--users", type=user_range, default=None, metavar="LOW-HIGH",
+                        help="only the users whose numeric id is in this range")
     args = parser.parse_args(argv)
     ranks = "test_ranks_seen_excluded" if args.seen_excluded else "test_ranks"
     a = find_run(args.results_a, args.label_a, args.protocol, args.seed, ranks)
     b = find_run(args.results_b, args.label_b, args.protocol,
                  args.seed if args.seed_b is None else args.seed_b, ranks)
-    result = compare(a, b, args.num_resamples)
+    result = compare(a, b, args.num_resamples, users_in=args.users)
     print(f"A = {args.label_a} ({args.results_a}), B = {args.label_b} ({args.results_b}), "
           f"{result['num_examples']} shared test examples; paired 95% bootstrap over users"
-          + ("; seen items excluded" if args.seen_excluded else "; seen items ranked"))
+          + ("; seen items excluded" if args.seen_excluded else "; seen items ranked")
+          + (f"; users {args.users[0]}-{args.users[1]}" if args.users else ""))
     print("| metric | A | B | A - B [95% CI] |\n|---|---|---|---|")
     for name in METRICS:
         r = result[name]

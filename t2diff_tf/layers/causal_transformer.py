@@ -6,13 +6,25 @@ from typing import Any, Dict
 
 import tensorflow as tf
 
+PRE_NORM = "pre_norm"
+SASREC_BLOCK = "sasrec"
+BLOCK_STYLES = (PRE_NORM, SASREC_BLOCK)
+
 
 @tf.keras.utils.register_keras_serializable(package="t2diff")
 class CausalTransformer(tf.keras.layers.Layer):
-    """Pre-norm Transformer blocks where position ``t`` attends to positions ``<= t`` only.
+    """Transformer blocks where position ``t`` attends to positions ``<= t`` only.
 
     Learned positional embeddings are added to the inputs; padded positions are zeroed at every
     block and never attended to, so their values cannot leak into valid positions.
+
+    Two block styles:
+      ``"pre_norm"``: ``x += MHA(LN(x)); x += FFN(LN(x))`` with a GELU feed-forward, Keras's
+        default (Glorot) initialisation.
+      ``"sasrec"``: the block of SASRec's reference code (Kang & McAuley; SASRec+ keeps it):
+        ``q = LN(x); x = q + MHA(query=q, key=value=x); x = LN(x); x += FFN(x)``, the residual
+        taken from the normalised query, keys and values left raw; a ReLU feed-forward with
+        dropout after both of its layers; every kernel drawn from ``N(0, 0.02)``.
 
     Call arguments:
       inputs: ``[batch, L, d]`` behaviour vectors (oldest first).
@@ -24,27 +36,36 @@ class CausalTransformer(tf.keras.layers.Layer):
     """
 
     def __init__(self, max_length: int, num_blocks: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2, **kwargs):
+                 dropout: float = 0.2, block: str = PRE_NORM, **kwargs):
         super().__init__(**kwargs)
+        if block not in BLOCK_STYLES:
+            raise ValueError(f"block must be one of {BLOCK_STYLES}, got {block!r}")
         self.max_length = int(max_length)
         self.num_blocks = int(num_blocks)
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
+        self.block = block
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
         self.positions = self.add_weight(
             name="positions", shape=[self.max_length, dim],
             initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
+        reference = self.block == SASREC_BLOCK
+        kernels = (tf.keras.initializers.RandomNormal(stddev=0.02) if reference
+                   else "glorot_uniform")
         self.attention = [tf.keras.layers.MultiHeadAttention(
             self.num_heads, max(1, dim // self.num_heads), dropout=self.dropout,
-            name=f"attention_{i}") for i in range(self.num_blocks)]
+            kernel_initializer=kernels, name=f"attention_{i}") for i in range(self.num_blocks)]
         self.attention_norms = [tf.keras.layers.LayerNormalization(epsilon=1e-6)
                                 for _ in range(self.num_blocks)]
-        self.ffn = [tf.keras.Sequential([tf.keras.layers.Dense(dim, activation="gelu"),
-                                         tf.keras.layers.Dropout(self.dropout),
-                                         tf.keras.layers.Dense(dim)], name=f"ffn_{i}")
-                    for i in range(self.num_blocks)]
+        self.ffn = [tf.keras.Sequential(
+            [tf.keras.layers.Dense(dim, activation="relu" if reference else "gelu",
+                                   kernel_initializer=kernels),
+             tf.keras.layers.Dropout(self.dropout),
+             tf.keras.layers.Dense(dim, kernel_initializer=kernels)]
+            + ([tf.keras.layers.Dropout(self.dropout)] if reference else []),
+            name=f"ffn_{i}") for i in range(self.num_blocks)]
         self.ffn_norms = [tf.keras.layers.LayerNormalization(epsilon=1e-6)
                           for _ in range(self.num_blocks)]
         self.final_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
@@ -63,11 +84,16 @@ class CausalTransformer(tf.keras.layers.Layer):
         for attention, a_norm, ffn, f_norm in zip(self.attention, self.attention_norms,
                                                  self.ffn, self.ffn_norms):
             h = a_norm(x)
-            x = x + attention(h, h, attention_mask=attend, training=training)
-            x = (x + ffn(f_norm(x), training=training)) * keep
+            if self.block == SASREC_BLOCK:
+                x = h + attention(h, x, key=x, attention_mask=attend, training=training)
+                x = f_norm(x)
+                x = (x + ffn(x, training=training)) * keep
+            else:
+                x = x + attention(h, h, attention_mask=attend, training=training)
+                x = (x + ffn(f_norm(x), training=training)) * keep
         return self.final_norm(x) * keep
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "max_length": self.max_length,
                 "num_blocks": self.num_blocks, "num_heads": self.num_heads,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "block": self.block}

@@ -17,6 +17,9 @@ class ItemRepresentation(tf.keras.layers.Layer):
     genres; each active feature contributes its embedding ``G[g]``, averaged over the active ones.
     The matrix is stored as a non-trainable weight, so it travels with checkpoints and SavedModels.
 
+    ``initial_stddev`` is the standard deviation of the normal distribution both embedding tables
+    start from (SASRec's reference code uses 0.02).
+
     Call arguments:
       inputs: int item ids, any shape ``[...]`` (0 = padding).
 
@@ -26,8 +29,11 @@ class ItemRepresentation(tf.keras.layers.Layer):
 
     def __init__(self, num_items: int, embedding_dim: int,
                  item_features: Optional[np.ndarray] = None, num_features: Optional[int] = None,
-                 **kwargs):
+                 initial_stddev: float = 0.1, **kwargs):
         super().__init__(**kwargs)
+        if initial_stddev <= 0:
+            raise ValueError(f"initial_stddev must be > 0, got {initial_stddev}")
+        self.initial_stddev = float(initial_stddev)
         self.num_items = int(num_items)
         self.embedding_dim = int(embedding_dim)
         if item_features is not None:
@@ -42,7 +48,7 @@ class ItemRepresentation(tf.keras.layers.Layer):
     def build(self, input_shape):
         self.id_embeddings = self.add_weight(
             name="id_embeddings", shape=[self.num_items + 1, self.embedding_dim],
-            initializer=tf.keras.initializers.RandomNormal(stddev=0.1))
+            initializer=tf.keras.initializers.RandomNormal(stddev=self.initial_stddev))
         if self.num_features:
             initial = self._initial_features
             self.feature_matrix = self.add_weight(
@@ -52,7 +58,7 @@ class ItemRepresentation(tf.keras.layers.Layer):
                 trainable=False)
             self.feature_embeddings = self.add_weight(
                 name="feature_embeddings", shape=[self.num_features, self.embedding_dim],
-                initializer=tf.keras.initializers.RandomNormal(stddev=0.1))
+                initializer=tf.keras.initializers.RandomNormal(stddev=self.initial_stddev))
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
@@ -71,5 +77,5 @@ class ItemRepresentation(tf.keras.layers.Layer):
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         config.update(num_items=self.num_items, embedding_dim=self.embedding_dim,
-                      num_features=self.num_features)
+                      num_features=self.num_features, initial_stddev=self.initial_stddev)
         return config

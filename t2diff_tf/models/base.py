@@ -75,12 +75,14 @@ class RetrievalModel(tfrs.Model, abc.ABC):
       item_frequencies: ``[N + 1]`` probabilities of each item as a target (needed by the sampled
         softmax's logQ correction; e.g. the vocabulary's frequencies).
       example_spec: shapes of the input windows.
+      item_embedding_stddev: the item embeddings start from ``N(0, item_embedding_stddev)``.
     """
 
     def __init__(self, num_items: int, embedding_dim: int, item_tower_units: Sequence[int],
                  loss: LossConfig = LossConfig(), item_features: Optional[np.ndarray] = None,
                  item_frequencies: Optional[np.ndarray] = None,
-                 example_spec: F.ExampleSpec = F.ExampleSpec(), name: Optional[str] = None):
+                 example_spec: F.ExampleSpec = F.ExampleSpec(), name: Optional[str] = None,
+                 item_embedding_stddev: float = 0.1):
         super().__init__(name=name)
         if num_items < 1:
             raise ValueError(f"num_items must be >= 1, got {num_items}")
@@ -88,7 +90,8 @@ class RetrievalModel(tfrs.Model, abc.ABC):
         self.embedding_dim = int(embedding_dim)
         self.example_spec = example_spec
         self.loss_config = loss
-        self.items = ItemRepresentation(num_items, embedding_dim, item_features, name="items")
+        self.items = ItemRepresentation(num_items, embedding_dim, item_features,
+                                        initial_stddev=item_embedding_stddev, name="items")
         self.item_tower = feed_forward(item_tower_units, embedding_dim, name="item_tower")
         self._sampling_probability = None
         if loss.kind == SAMPLED_SOFTMAX:

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from t2diff_tf import features as F
-from t2diff_tf.layers.causal_transformer import CausalTransformer
+from t2diff_tf.layers.causal_transformer import BLOCK_STYLES, PRE_NORM, CausalTransformer
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel
 from t2diff_tf.models.config import DictConfig
 from t2diff_tf.layers.next_item_loss import NextItemLoss, NextItemLossConfig
@@ -45,6 +45,10 @@ class SequentialConfig(DictConfig):
         and its TensorFlow reimplementation do; served embeddings are normalised too.
       temperature: training logits are divided by it (with ``normalize``, 0.05 is HSTU's
         setting); rankings do not depend on it.
+      block: SASRec's Transformer block style, ``"pre_norm"`` or ``"sasrec"`` (the reference
+        code's block; see :class:`~t2diff_tf.layers.causal_transformer.CausalTransformer`).
+      embedding_stddev: the item embeddings start from ``N(0, embedding_stddev)`` (SASRec's
+        reference code: 0.02).
     """
 
     embedding_dim: int = 64
@@ -57,12 +61,18 @@ class SequentialConfig(DictConfig):
     scale_embeddings: bool = False
     normalize: bool = False
     temperature: float = 1.0
+    block: str = PRE_NORM
+    embedding_stddev: float = 0.1
 
     def __post_init__(self):
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", NextItemLossConfig(**self.loss))
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.block not in BLOCK_STYLES:
+            raise ValueError(f"block must be one of {BLOCK_STYLES}, got {self.block!r}")
+        if self.embedding_stddev <= 0:
+            raise ValueError(f"embedding_stddev must be > 0, got {self.embedding_stddev}")
 
 
 class NextItemConfig(Protocol):
@@ -84,7 +94,8 @@ class NextItemModel(RetrievalModel):
         # embeddings, as in SASRec's shared embedding table.
         super().__init__(num_items, config.embedding_dim, (), LossConfig(),
                          item_features=item_features, item_frequencies=item_frequencies,
-                         example_spec=example_spec, name=name)
+                         example_spec=example_spec, name=name,
+                         item_embedding_stddev=getattr(config, "embedding_stddev", 0.1))
         self.config = config
         if getattr(config, "tied_item_embeddings", False):
             del self.item_tower  # scores use the input item vectors themselves
@@ -153,7 +164,8 @@ class SASRec(NextItemModel):
                  **data):
         super().__init__(config, name=name, **data)
         self.encoder = CausalTransformer(self.example_spec.history_length, config.num_blocks,
-                                         config.num_heads, config.dropout, name="encoder")
+                                         config.num_heads, config.dropout, block=config.block,
+                                         name="encoder")
 
     def encode(self, vectors, mask, training):
         return self.encoder(vectors, mask=mask, training=training)

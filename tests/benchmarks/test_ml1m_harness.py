@@ -139,6 +139,14 @@ def test_paired_comparison_with_seen_items_excluded(results_path):
         # The excluded ranks give back each run's own seen-excluded metric, not the ranked one.
         assert result[name]["a"] == pytest.approx(sasrec["metrics_seen_excluded"][name])
         assert result[name]["b"] == pytest.approx(two_tower["metrics_seen_excluded"][name])
+    # A user-id range keeps exactly the users inside it.
+    users = [int(u) for u in sasrec["test_users"]]
+    low, high = sorted(users)[10], sorted(users)[39]
+    subset = compare.main([results_path, "SASRec", results_path, "SASRec",
+                           "--users", f"{low}-{high}"])
+    assert subset["num_examples"] == sum(low <= u <= high for u in users) == 30
+    with pytest.raises(SystemExit):
+        compare.main([results_path, "SASRec", results_path, "SASRec", "--users", "9-1"])
 
 
 def test_ablation_notebook_executes_on_a_results_file(results_path, monkeypatch):

@@ -63,6 +63,23 @@ def test_tied_normalised_sasrec_scores_cosines_and_divides_by_the_temperature():
     assert float(model.compute_loss(features)) == pytest.approx(expected, rel=1e-4)
 
 
+def test_sasrec_reference_recipe_config():
+    """``block="sasrec"`` builds the reference block; ``embedding_stddev`` sets the item
+    embeddings' initial spread; both survive the config round trip; bad values are refused."""
+    config = {"embedding_dim": 64, "dropout": 0.0, "block": "sasrec", "embedding_stddev": 0.02,
+              "tied_item_embeddings": True}
+    model = build_model("sasrec", config, num_items=500, example_spec=SPEC)
+    model.query_embeddings(two_windows())
+    assert model.encoder.block == "sasrec" and model.config.block == "sasrec"
+    assert model.items.id_embeddings.numpy().std() == pytest.approx(0.02, rel=0.1)
+    assert build_model("sasrec", {"embedding_dim": 64}, num_items=500, example_spec=SPEC
+                       ).config.block == "pre_norm"
+    with pytest.raises(ValueError, match="block"):
+        build_model("sasrec", {"block": "post"}, num_items=5, example_spec=SPEC)
+    with pytest.raises(ValueError, match="embedding_stddev"):
+        build_model("sasrec", {"embedding_stddev": 0.0}, num_items=5, example_spec=SPEC)
+
+
 @pytest.mark.parametrize("kind", ["sampled_softmax", "gbce"])
 def test_sampled_losses_train_every_position(kind):
     model = build_model("sasrec", {"embedding_dim": 8, "loss": {"kind": kind,
