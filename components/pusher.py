@@ -76,6 +76,48 @@ def remove_stale_temporaries(push_destination: str) -> List[str]:
     return sorted(removed)
 
 
+MODELS_CONFIG_FILES = ("models.config", "models_scann.config")
+
+
+def rebase_models_config(bundle_dir: str, base: Optional[str] = None) -> List[str]:
+    """Rewrites the TF Serving model configs of a bundle that was moved or copied, so that each
+    model's ``base_path`` is ``<base or bundle_dir>/<model folder>``; returns the files rewritten.
+
+    A push writes absolute ``base_path``s under its destination (TF Serving resolves a relative
+    one against its own working directory, not the config file). After copying a bundle to
+    another directory or bucket, run this on the copy (``base`` names where the server will see
+    the bundle when that differs, e.g. a mount point or ``gs://bucket/serving/<version>``).
+
+    Raises:
+      ValueError: a config names a model folder the bundle does not hold.
+    """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    base = base or bundle_dir
+    if "://" not in base:
+        base = os.path.abspath(base)
+    rewritten = []
+    for name in MODELS_CONFIG_FILES:
+        path = os.path.join(bundle_dir, name)
+        if not tf.io.gfile.exists(path):
+            continue
+        with tf.io.gfile.GFile(path) as f:
+            text = f.read()
+        config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+        for entry in config.model_config_list.config:
+            folder = os.path.basename(entry.base_path.rstrip("/"))
+            if not tf.io.gfile.isdir(os.path.join(bundle_dir, folder)):
+                raise ValueError(f"{path}: model {entry.name!r} lives in {folder!r}, which "
+                                 f"{bundle_dir} does not hold")
+            entry.base_path = base.rstrip("/") + "/" + folder
+        comments = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(comments + text_format.MessageToString(config))
+        rewritten.append(path)
+    return rewritten
+
+
 def _read_json(path: str) -> Optional[dict]:
     if not tf.io.gfile.exists(path):
         return None

@@ -1,9 +1,13 @@
 """Sources of interaction logs, each a Beam ``PTransform`` producing a :class:`ParsedLog`.
 
 Every file-based source reads its files line by line (gzip is detected from the content), so
-that each record keeps its file and line number: malformed records go to the dead-letter output
-naming file, line, field and reason; valid records a rule drops are counted by reason. Files
-are read in parallel across files (shard large logs into several files to scale out).
+that each record keeps its file and line number. Every field is parsed under one input contract
+(``contract.py``): a record that breaks it goes to the dead-letter output naming file, line,
+field and reason; valid records a rule drops are counted by reason. What can be known about a
+file before parsing rows (it exists, is readable, not empty, its gzip stream is whole, its
+header has the needed columns once each) is checked before any Beam work
+(``input_files.py``). Files are read in parallel across files (shard large logs into several
+files to scale out).
 
 Sources: :class:`MovieLensRatings` (``ratings.dat``, ``movies.dat`` genres), :class:`SequenceFile`
 (``user item item ...``), :class:`KuaiRandLog`, :class:`CsvLog` (generic), :class:`TfdsMovieLens`
@@ -13,16 +17,18 @@ and :class:`SyntheticLog` (the embedded default).
 from __future__ import annotations
 
 import csv
-import gzip
 from typing import Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
-import tensorflow as tf
 
+from components.preprocessing import contract as C
+from components.preprocessing import file_blocks
 from components.preprocessing import synthetic
-from components.preprocessing.records import DeadLetter, Event, Filtered, InputError
+from components.preprocessing.input_files import (  # noqa: F401  (re-exported)
+    check_data_files, first_line, open_binary, parse_header, read_lines, resolve_files)
+from components.preprocessing.records import Count, DeadLetter, Event, Filtered, InputError
 
-Record = Union[Event, DeadLetter, Filtered]
+Record = Union[Event, DeadLetter, Filtered, Count]
 
 DEAD_LETTER = "dead_letter"
 FILTERED = "filtered"
@@ -38,8 +44,8 @@ class ParsedLog(NamedTuple):
     """The PCollections a source produces.
 
     events: :class:`Event`; dead_letters: :class:`DeadLetter`; filtered: ``(reason, n)``;
-    counts: ``(counter name, n)`` (lines read, headers, blanks, interactions read);
-    item_genres: ``(raw item id, tuple of genre names)``.
+    counts: ``(counter name, n)`` (lines read, headers, blanks, interactions read,
+    normalisations); item_genres: ``(raw item id, tuple of genre names)``.
     """
 
     events: beam.PCollection
@@ -50,113 +56,39 @@ class ParsedLog(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------------
-# Files
-
-
-def open_binary(path: str):
-    """Opens ``path`` (local or any ``tf.io.gfile`` filesystem), gunzipping when it is gzip."""
-    f = tf.io.gfile.GFile(path, "rb")
-    magic = f.read(2)
-    f.seek(0)
-    return gzip.GzipFile(fileobj=f) if magic == b"\x1f\x8b" else f
-
-
-def resolve_files(patterns: Union[str, Sequence[str]]) -> List[str]:
-    """Expands globs and checks every file exists, is readable and is not empty.
-
-    Raises:
-      InputError: naming the pattern or file and what is wrong with it.
-    """
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    if not patterns:
-        raise InputError("no input file given")
-    files: List[str] = []
-    for pattern in patterns:
-        try:
-            matched = sorted(tf.io.gfile.glob(pattern))
-        except tf.errors.OpError as e:
-            raise InputError(f"{pattern}: cannot list: {e.message}") from e
-        if not matched:
-            raise InputError(f"{pattern}: no such file")
-        files.extend(matched)
-    for path in files:
-        if tf.io.gfile.isdir(path):
-            raise InputError(f"{path}: is a directory, expected a file")
-        try:
-            with open_binary(path) as f:
-                head = f.read(1 << 16)
-        except (OSError, tf.errors.OpError, EOFError) as e:
-            raise InputError(f"{path}: cannot read: {e}") from e
-        if not head.strip():
-            raise InputError(f"{path}: file is empty")
-    return files
+# Lines -> records
 
 
 def _as_tuple(paths: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     return (paths,) if isinstance(paths, str) else tuple(paths)
 
 
-def _decode(raw: bytes) -> Optional[str]:
-    try:
-        return raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        return None
-
-
-class _ReadLines(beam.DoFn):
-    """``(file index, path)`` -> records of every line, via ``parser``.
-
-    Main output: :class:`Event`; tagged outputs ``dead_letter``, ``filtered`` (``(reason, n)``)
-    and ``counts`` (per-file totals).
-    """
-
-    def __init__(self, parser: "LineParser"):
-        self._parser = parser
-
-    def process(self, element):
-        file_index, path = element
-        counts = {LINES_READ: 0, HEADER_LINES: 0, BLANK_LINES: 0, INTERACTIONS_READ: 0}
-        filtered: Dict[str, int] = {}
-        header = None
-        with open_binary(path) as f:
-            for line_no, raw in enumerate(f, start=1):
-                counts[LINES_READ] += 1
-                line = _decode(raw)
-                if line is None:
-                    counts[INTERACTIONS_READ] += 1
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
-                        path, line_no, "<line>", "not valid UTF-8",
-                        raw[:200].decode("utf-8", "replace")))
-                    continue
-                if self._parser.has_header and header is None:
-                    header = self._parser.read_header(line, path)
-                    counts[HEADER_LINES] += 1
-                    continue
-                if not line.strip():
-                    counts[BLANK_LINES] += 1
-                    continue
-                for record in self._parser.parse(line, path, line_no, file_index, header):
-                    if isinstance(record, Event):
-                        counts[INTERACTIONS_READ] += 1
-                        yield record
-                    elif isinstance(record, DeadLetter):
-                        counts[INTERACTIONS_READ] += record.interactions
-                        yield beam.pvalue.TaggedOutput(DEAD_LETTER, record)
-                    else:
-                        counts[INTERACTIONS_READ] += record.interactions
-                        filtered[record.reason] = filtered.get(record.reason, 0) + record.interactions
-        for name, n in counts.items():
-            yield beam.pvalue.TaggedOutput(COUNTS, (name, n))
-        for reason, n in filtered.items():
-            yield beam.pvalue.TaggedOutput(FILTERED, (reason, n))
+def dead_letter(path: str, line_no: int, field: str, error: C.FieldError, raw: str,
+                interactions: int = 1) -> DeadLetter:
+    """The dead letter of a field that broke the contract."""
+    return DeadLetter(path, line_no, field, error.detail, C.raw_for_dead_letter(raw),
+                      interactions, error.reason)
 
 
 class LineParser:
-    """Parses one line of a text log into records. Subclasses define the format."""
+    """Parses one decoded line of a text log into records. Subclasses define the format.
+
+    ``parse`` yields :class:`Event`, :class:`DeadLetter` (naming the field and reason),
+    :class:`Filtered` and :class:`Count` (normalisations) records; it does not raise on any
+    line.
+    """
 
     has_header = False
 
-    def read_header(self, line: str, path: str):
+    def interactions(self, line: str) -> int:
+        """How many interactions a line holds when it has to be refused whole."""
+        return 1
+
+    def header_spec(self) -> Optional[Tuple[str, Sequence[str]]]:
+        """``(delimiter, required columns)`` of a format with a header line, else ``None``."""
+        return None
+
+    def read_header(self, line: Optional[str], path: str):
         return None
 
     def parse(self, line: str, path: str, line_no: int, file_index: int,
@@ -164,12 +96,113 @@ class LineParser:
         raise NotImplementedError
 
 
+def parse_line(parser: LineParser, line: str, path: str, line_no: int, file_index: int,
+               header) -> Iterator[Record]:
+    """``parser.parse`` under the rules every format shares: a ``\\r`` or ``\\n`` left inside
+    the line is a dead letter, and an unexpected error in the parser becomes a dead letter
+    (``unexpected_error``) instead of stopping the run."""
+    if "\r" in line or "\n" in line:
+        yield dead_letter(path, line_no, "<line>", C.FieldError(
+            C.CONTROL_CHARACTER_IN_LINE, "a carriage return inside the line (only a CRLF line "
+            "ending is accepted)"), line, parser.interactions(line))
+        return
+    records: List[Record] = []
+    try:
+        records = list(parser.parse(line, path, line_no, file_index, header))
+    except Exception as e:  # noqa: BLE001  (a parser bug must not lose the line silently)
+        yield dead_letter(path, line_no, "<line>", C.FieldError(
+            C.UNEXPECTED_ERROR, f"{type(e).__name__}: {e}"), line, parser.interactions(line))
+        return
+    yield from records
+
+
+def read_file_records(parser: LineParser, path: str, file_index: int, lines=None, header=None
+                      ) -> Iterator[Union[Record, Tuple[str, int]]]:
+    """Every record of the file at ``path``, then its counters as ``(name, n)`` tuples.
+
+    ``lines`` (``input_files.Line`` s, default: the whole file) reads part of the file, e.g. one
+    ``file_blocks`` block, with ``header`` parsed beforehand when the part has no line 1.
+
+    Raises:
+      InputError: ``path:line`` when the file cannot be read further, or its header is bad.
+    """
+    counts = {LINES_READ: 0, HEADER_LINES: 0, BLANK_LINES: 0, INTERACTIONS_READ: 0,
+              C.BOM_STRIPPED: 0, C.CRLF_LINE_ENDINGS: 0, C.TRIMMED_FIELDS: 0}
+    for line in (read_lines(path) if lines is None else lines):
+        counts[LINES_READ] += 1
+        counts[C.BOM_STRIPPED] += line.bom
+        counts[C.CRLF_LINE_ENDINGS] += line.crlf
+        if parser.has_header and line.number == 1:
+            header = parser.read_header(line.text, path)
+            counts[HEADER_LINES] += 1
+            continue
+        if line.text is None:
+            counts[INTERACTIONS_READ] += 1
+            yield dead_letter(path, line.number, "<line>", C.FieldError(
+                C.NOT_UTF8, "not valid UTF-8"), line.raw.decode("utf-8", "replace"))
+            continue
+        if C.is_blank(line.text):
+            counts[BLANK_LINES] += 1
+            continue
+        for record in parse_line(parser, line.text, path, line.number, file_index, header):
+            if isinstance(record, Count):
+                counts[record.name] = counts.get(record.name, 0) + record.n
+                continue
+            counts[INTERACTIONS_READ] += 1 if isinstance(record, Event) else record.interactions
+            yield record
+    for name, n in counts.items():
+        if n or not name.startswith("normalised."):
+            yield name, n
+
+
+class _ReadLines(beam.DoFn):
+    """A ``file_blocks.Block`` (a whole file, or a byte range of a large one) -> records of its
+    lines, via ``parser``; ``newlines`` (side input) are the ``\n`` counts of the blocks before
+    it, for true line numbers.
+
+    Main output: :class:`Event`; tagged outputs ``dead_letter``, ``filtered`` (``(reason, n)``)
+    and ``counts`` (per-block totals).
+    """
+
+    def __init__(self, parser: LineParser):
+        self._parser = parser
+
+    def process(self, block, newlines=None):
+        header = None
+        if self._parser.has_header and block.start > 0:
+            header = self._parser.read_header(first_line(block.path).text, block.path)
+        lines = file_blocks.block_lines(block, newlines or {})
+        filtered: Dict[str, int] = {}
+        for record in read_file_records(self._parser, block.path, block.file_index, lines,
+                                        header):
+            if isinstance(record, Event):
+                yield record
+            elif isinstance(record, DeadLetter):
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, record)
+            elif isinstance(record, Filtered):
+                filtered[record.reason] = filtered.get(record.reason, 0) + record.interactions
+            else:
+                yield beam.pvalue.TaggedOutput(COUNTS, record)
+        for reason, n in filtered.items():
+            yield beam.pvalue.TaggedOutput(FILTERED, (reason, n))
+
+
 def _read_text_files(pipeline_input, label: str, files: Sequence[str], parser: LineParser,
                      genres: Mapping[str, Sequence[str]]) -> ParsedLog:
+    check_data_files(files, parser.header_spec())
+    # Large uncompressed files are read in byte-range blocks, in parallel (file_blocks.py).
+    blocks = file_blocks.plan_blocks(files, file_blocks.BLOCK_BYTES)
+    read = beam.ParDo(_ReadLines(parser))
+    if not all(b.last for b in blocks):
+        newlines = (pipeline_input
+                    | f"{label}Blocks" >> beam.Create([b for b in blocks if not b.last])
+                    | f"{label}CountNewlines" >> beam.Map(
+                        lambda b: (b.key, file_blocks.count_newlines(b))))
+        read = beam.ParDo(_ReadLines(parser), newlines=beam.pvalue.AsDict(newlines))
     outputs = (pipeline_input
-               | f"{label}Files" >> beam.Create(list(enumerate(files)))
+               | f"{label}Files" >> beam.Create(blocks)
                | f"{label}Reshuffle" >> beam.Reshuffle()
-               | f"{label}Read" >> beam.ParDo(_ReadLines(parser)).with_outputs(
+               | f"{label}Read" >> read.with_outputs(
                    DEAD_LETTER, FILTERED, COUNTS, main="events"))
     genre_rows = pipeline_input | f"{label}Genres" >> beam.Create(
         sorted((item, tuple(g)) for item, g in genres.items()))
@@ -177,21 +210,10 @@ def _read_text_files(pipeline_input, label: str, files: Sequence[str], parser: L
                      genre_rows)
 
 
-def _int_field(value: str, path: str, line_no: int, field: str, raw: str,
-               interactions: int = 1) -> Union[int, DeadLetter]:
-    try:
-        return int(value)
-    except ValueError:
-        return DeadLetter(path, line_no, field, f"expected an integer, got {value!r}", raw,
-                          interactions)
-
-
-def _float_field(value: str, path: str, line_no: int, field: str, raw: str
-                 ) -> Union[float, DeadLetter]:
-    try:
-        return float(value)
-    except ValueError:
-        return DeadLetter(path, line_no, field, f"expected a number, got {value!r}", raw)
+def _field(value: str, trim_spaces: bool) -> Tuple[str, List[Count]]:
+    """``value`` with surrounding spaces removed (when allowed; counted) or refused."""
+    value, was_trimmed = C.trimmed(value, trim_spaces)
+    return value, [Count(C.TRIMMED_FIELDS)] if was_trimmed else []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,53 +223,70 @@ def _float_field(value: str, path: str, line_no: int, field: str, raw: str
 class _RatingsParser(LineParser):
     FIELDS = ("UserID", "MovieID", "Rating", "Timestamp")
 
-    def __init__(self, min_rating: Optional[float]):
+    def __init__(self, min_rating: Optional[float], trim_spaces: bool = False):
         self.min_rating = min_rating
+        self.trim_spaces = trim_spaces
 
     def parse(self, line, path, line_no, file_index, header):
         fields = line.split("::")
         if len(fields) != 4:
-            yield DeadLetter(path, line_no, "<line>",
-                             f"expected 4 fields UserID::MovieID::Rating::Timestamp separated by "
-                             f"'::', got {len(fields)}", line)
+            yield dead_letter(path, line_no, "<line>", C.FieldError(
+                C.WRONG_FIELD_COUNT, f"expected 4 fields UserID::MovieID::Rating::Timestamp "
+                f"separated by '::', got {len(fields)}"), line)
             return
-        values = []
-        for name, value in zip(self.FIELDS, fields):
-            parsed = (_float_field if name == "Rating" else _int_field)(
-                value.strip(), path, line_no, name, line)
-            if isinstance(parsed, DeadLetter):
-                yield parsed
-                return
-            values.append(parsed)
-        user, item, rating, timestamp = values
+        trimmed = 0
+        if self.trim_spaces:
+            stripped = [f.strip() for f in fields]
+            trimmed = sum(a != b for a, b in zip(fields, stripped))
+            fields = stripped
+        user, item, rating, timestamp = fields
+        name = "UserID"
+        try:
+            C.check_integer_id(user)
+            name = "MovieID"
+            C.check_integer_id(item)
+            name = "Rating"
+            rating = C.parse_number(C.trimmed(rating, False)[0])
+            name = "Timestamp"
+            timestamp = C.parse_timestamp(C.trimmed(timestamp, False)[0], integer_only=True)
+        except C.FieldError as e:
+            yield dead_letter(path, line_no, name, e, line)
+            return
+        if trimmed:
+            yield Count(C.TRIMMED_FIELDS, trimmed)
         if self.min_rating is not None and rating < self.min_rating:
             yield Filtered("rating_below_min")
             return
-        yield Event(str(user), str(item), timestamp, (file_index, line_no, 0))
+        yield Event(user, item, timestamp, (file_index, line_no, 0))
 
 
 def read_movielens_genres(path: str) -> Dict[str, Tuple[str, ...]]:
     """``movies.dat`` (``MovieID::Title::Genres``, latin-1) -> ``{movie id: genres}``.
 
     Raises:
-      InputError: naming file and line of a malformed row.
+      InputError: naming file and line of a malformed row (a side table: one bad row stops the
+        run rather than silently dropping an item's genres).
     """
     resolve_files(path)
     genres: Dict[str, Tuple[str, ...]] = {}
-    with open_binary(path) as f:
-        for line_no, raw in enumerate(f, start=1):
-            line = raw.decode("latin-1").rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("::")
-            if len(fields) != 3:
-                raise InputError(f"{path}:{line_no}: expected MovieID::Title::Genres, got "
-                                 f"{len(fields)} fields: {line!r}")
-            movie, _, names = fields
-            if not movie.strip().isdigit():
-                raise InputError(f"{path}:{line_no}: field 'MovieID': expected an integer, "
-                                 f"got {movie!r}")
-            genres[movie.strip()] = tuple(g for g in names.split("|") if g)
+    for line in read_lines(path):
+        raw = line.raw[len(C.UTF8_BOM):] if line.bom else line.raw
+        text = raw.decode("latin-1").rstrip("\n")
+        text = text[:-1] if text.endswith("\r") else text
+        if C.is_blank(text):
+            continue
+        fields = text.split("::")
+        if len(fields) != 3:
+            raise InputError(f"{path}:{line.number}: expected MovieID::Title::Genres, got "
+                             f"{len(fields)} fields: {text[:200]!r}")
+        movie, _, names = fields
+        try:
+            movie = C.check_integer_id(movie.strip())
+        except C.FieldError as e:
+            raise InputError(f"{path}:{line.number}: field 'MovieID': {e.detail}") from None
+        if movie in genres:
+            raise InputError(f"{path}:{line.number}: MovieID {movie} appears twice")
+        genres[movie] = tuple(g for g in names.split("|") if g)
     return genres
 
 
@@ -259,19 +298,24 @@ class MovieLensRatings(beam.PTransform):
       paths: file paths or globs of ratings files.
       movies_path: ``movies.dat`` (optional).
       min_rating: keep ratings >= this (``None`` keeps all, as the paper does).
+      trim_spaces: remove spaces around fields (counted) instead of dead-lettering the row.
     """
 
     def __init__(self, paths: Union[str, Sequence[str]], movies_path: Optional[str] = None,
-                 min_rating: Optional[float] = None):
+                 min_rating: Optional[float] = None, trim_spaces: bool = False):
         super().__init__()
         self.paths = _as_tuple(paths)
         self.movies_path = movies_path
         self.min_rating = min_rating
+        self.trim_spaces = trim_spaces
+
+    def parser(self) -> LineParser:
+        return _RatingsParser(self.min_rating, self.trim_spaces)
 
     def expand(self, pbegin):
         genres = read_movielens_genres(self.movies_path) if self.movies_path else {}
-        return _read_text_files(pbegin, "Ratings", resolve_files(self.paths),
-                                _RatingsParser(self.min_rating), genres)
+        return _read_text_files(pbegin, "Ratings", resolve_files(self.paths), self.parser(),
+                                genres)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,28 +327,34 @@ class _SequenceParser(LineParser):
     def __init__(self, integer_ids: bool):
         self.integer_ids = integer_ids
 
+    def interactions(self, line):
+        return max(len(C.split_blanks(line)) - 1, 0)
+
     def parse(self, line, path, line_no, file_index, header):
-        tokens = line.split()
+        check = C.check_integer_id if self.integer_ids else C.check_id
+        tokens = C.split_blanks(line)
         user, items = tokens[0], tokens[1:]
         if not items:
-            yield DeadLetter(path, line_no, "items", "a user with no items (expected "
-                             "'user item item ...' separated by whitespace)", line, 0)
+            yield dead_letter(path, line_no, "items", C.FieldError(
+                C.NO_ITEMS, "a user with no items (expected 'user item item ...' separated by "
+                "spaces or tabs)"), line, 0)
             return
-        if self.integer_ids and not user.isdigit():
-            yield DeadLetter(path, line_no, "user", f"expected an integer, got {user!r}", line,
-                             len(items))
+        try:
+            check(user)
+        except C.FieldError as e:
+            yield dead_letter(path, line_no, "user", e, line, len(items))
             return
         for pos, item in enumerate(items, start=1):
-            if self.integer_ids and not item.isdigit():
-                yield DeadLetter(path, line_no, f"item[{pos}]",
-                                 f"expected an integer, got {item!r}", line)
-            else:
-                yield Event(user, item, None, (file_index, line_no, pos))
+            try:
+                yield Event(user, check(item), None, (file_index, line_no, pos))
+            except C.FieldError as e:
+                yield dead_letter(path, line_no, f"item[{pos}]", e, line)
 
 
 class SequenceFile(beam.PTransform):
-    """Whitespace-separated ``user item item ...`` lines; the order of items is time order (no
-    timestamps, so time lags are counted in steps and only last-k sessions apply).
+    """``user item item ...`` lines (separated by ASCII spaces or tabs); the order of items is
+    time order (no timestamps, so time lags are counted in steps and only last-k sessions
+    apply).
 
     Args:
       paths: file paths or globs (optionally gzipped).
@@ -319,9 +369,12 @@ class SequenceFile(beam.PTransform):
         self.integer_ids = integer_ids
         self.genres = dict(genres or {})
 
+    def parser(self) -> LineParser:
+        return _SequenceParser(self.integer_ids)
+
     def expand(self, pbegin):
-        return _read_text_files(pbegin, "Sequences", resolve_files(self.paths),
-                                _SequenceParser(self.integer_ids), self.genres or {})
+        return _read_text_files(pbegin, "Sequences", resolve_files(self.paths), self.parser(),
+                                self.genres or {})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,52 +395,62 @@ class RowFilter(NamedTuple):
 
 
 class _CsvParser(LineParser):
+    """RFC 4180 quoting (a quoted field may hold the delimiter; the quotes are not part of the
+    value), parsed strictly; a quote left inside an id is a dead letter (``quote_in_id``)."""
+
     has_header = True
 
     def __init__(self, source: "CsvLog"):
         self.source = source
 
+    def header_spec(self):
+        return self.source.delimiter, self.source.required_columns()
+
     def read_header(self, line, path):
-        columns = [c.strip() for c in next(csv.reader([line], delimiter=self.source.delimiter))]
-        missing = [c for c in self.source.required_columns() if c not in columns]
-        if missing:
-            raise InputError(f"{path}:1: missing column(s) {missing} in header {columns} "
-                             f"(delimiter {self.source.delimiter!r})")
-        return {name: i for i, name in enumerate(columns)}
+        return parse_header(line, path, self.source.delimiter, self.source.required_columns())
 
     def parse(self, line, path, line_no, file_index, header):
         s = self.source
         try:
-            fields = next(csv.reader([line], delimiter=s.delimiter))
+            fields = next(csv.reader([line], delimiter=s.delimiter, strict=True))
         except csv.Error as e:
-            yield DeadLetter(path, line_no, "<line>", f"not valid CSV: {e}", line)
+            yield dead_letter(path, line_no, "<line>", C.FieldError(
+                C.MALFORMED_CSV, f"not valid CSV: {e}"), line)
             return
-        if len(fields) != len(header):
-            yield DeadLetter(path, line_no, "<line>",
-                             f"expected {len(header)} fields separated by {s.delimiter!r}, got "
-                             f"{len(fields)}", line)
+        header, width = header
+        if len(fields) != width:
+            yield dead_letter(path, line_no, "<line>", C.FieldError(
+                C.WRONG_FIELD_COUNT, f"expected {width} fields separated by {s.delimiter!r}, got "
+                f"{len(fields)}"), line)
             return
-        user = fields[header[s.user_column]].strip()
-        item = fields[header[s.item_column]].strip()
-        for name, value in ((s.user_column, user), (s.item_column, item)):
-            if not value:
-                yield DeadLetter(path, line_no, name, "empty id", line)
-                return
-        timestamp = None
-        if s.timestamp_column:
-            parsed = _float_field(fields[header[s.timestamp_column]].strip(), path, line_no,
-                                  s.timestamp_column, line)
-            if isinstance(parsed, DeadLetter):
-                yield parsed
-                return
-            timestamp = int(parsed // s.timestamp_divisor)
-        for rule in s.filters:
-            parsed = _float_field(fields[header[rule.column]].strip(), path, line_no,
-                                  rule.column, line)
-            if isinstance(parsed, DeadLetter):
-                yield parsed
-                return
-            if not rule.keeps(parsed):
+        counts: List[Count] = []
+        try:
+            field = s.user_column
+            user, trimmed = _field(fields[header[field]], s.trim_spaces)
+            counts += trimmed
+            C.check_id(user)
+            field = s.item_column
+            item, trimmed = _field(fields[header[field]], s.trim_spaces)
+            counts += trimmed
+            C.check_id(item)
+            timestamp = None
+            if s.timestamp_column:
+                field = s.timestamp_column
+                value, trimmed = _field(fields[header[field]], s.trim_spaces)
+                counts += trimmed
+                timestamp = C.parse_timestamp(value, s.timestamp_divisor)
+            values = []
+            for rule in s.filters:
+                field = rule.column
+                value, trimmed = _field(fields[header[field]], s.trim_spaces)
+                counts += trimmed
+                values.append(C.parse_number(value))
+        except C.FieldError as e:
+            yield dead_letter(path, line_no, field, e, line)
+            return
+        yield from counts
+        for rule, x in zip(s.filters, values):
+            if not rule.keeps(x):
                 yield Filtered(rule.reason)
                 return
         yield Event(user, item, timestamp, (file_index, line_no, 0))
@@ -404,20 +467,27 @@ class CsvLog(beam.PTransform):
       label_column: optional column; rows with ``label < min_label`` are filtered.
       delimiter: field separator.
       filters: extra :class:`RowFilter` rules.
+      trim_spaces: remove spaces around fields (counted) instead of dead-lettering the row.
     """
 
     def __init__(self, paths: Union[str, Sequence[str]], user_column: str = "user",
                  item_column: str = "item", timestamp_column: str = "timestamp",
                  timestamp_divisor: float = 1.0, label_column: Optional[str] = None,
                  min_label: float = 1.0, delimiter: str = ",",
-                 filters: Sequence[RowFilter] = ()):
+                 filters: Sequence[RowFilter] = (), trim_spaces: bool = False):
         super().__init__()
+        if not timestamp_divisor > 0:
+            raise ValueError(f"timestamp_divisor must be > 0, got {timestamp_divisor}")
+        if len(delimiter) != 1 or delimiter in '"\r\n':
+            raise ValueError(f"delimiter must be one character other than a quote or a line "
+                             f"break, got {delimiter!r}")
         self.paths = _as_tuple(paths)
         self.user_column = user_column
         self.item_column = item_column
         self.timestamp_column = timestamp_column
         self.timestamp_divisor = timestamp_divisor
         self.delimiter = delimiter
+        self.trim_spaces = trim_spaces
         rules = [RowFilter(label_column, "ge", min_label, "label_below_min")] if label_column else []
         self.filters = tuple(rules) + tuple(filters)
 
@@ -425,8 +495,11 @@ class CsvLog(beam.PTransform):
         names = [self.user_column, self.item_column, self.timestamp_column]
         return [n for n in names + [rule.column for rule in self.filters] if n]
 
+    def parser(self) -> LineParser:
+        return _CsvParser(self)
+
     def expand(self, pbegin):
-        return _read_text_files(pbegin, "Csv", resolve_files(self.paths), _CsvParser(self), {})
+        return _read_text_files(pbegin, "Csv", resolve_files(self.paths), self.parser(), {})
 
 
 class KuaiRandLog(CsvLog):
@@ -438,44 +511,96 @@ class KuaiRandLog(CsvLog):
     Args:
       paths: the log files (e.g. ``log_standard_4_08_to_4_21_1k.csv``), optionally gzipped.
       main_tab: the tab to keep, or ``None`` for all tabs.
+      trim_spaces: remove spaces around fields (counted) instead of dead-lettering the row.
     """
 
-    def __init__(self, paths: Union[str, Sequence[str]], main_tab: Optional[int] = 1):
+    def __init__(self, paths: Union[str, Sequence[str]], main_tab: Optional[int] = 1,
+                 trim_spaces: bool = False):
         rules = [RowFilter("is_click", "eq", 1.0, "not_click")]
         if main_tab is not None:
             rules.append(RowFilter("tab", "eq", float(main_tab), "not_main_tab"))
         super().__init__(paths, user_column="user_id", item_column="video_id",
-                         timestamp_column="time_ms", timestamp_divisor=1000.0, filters=rules)
+                         timestamp_column="time_ms", timestamp_divisor=1000.0, filters=rules,
+                         trim_spaces=trim_spaces)
 
 
 # ------------------------------------------------------------------------------------------------
 # TFDS and synthetic
 
 
-def _tfds_rows(_, name: str, data_dir: Optional[str], min_rating: Optional[float]):
+def _tfds_text(value, what: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise C.FieldError(C.NOT_UTF8, f"{what} is not valid UTF-8: {value[:60]!r}") from None
+    return str(value)
+
+
+def tfds_row_records(row: Mapping, index: int, where: str, min_rating: Optional[float],
+                     trim_spaces: bool = False) -> Iterator[Record]:
+    """One TFDS MovieLens row (``user_id``, ``movie_id`` bytes, ``timestamp`` int,
+    ``user_rating`` float) under the input contract; ``where`` names the data set in dead
+    letters, ``index + 1`` is the row's "line"."""
+    line_no = index + 1
+    shown = "{" + ", ".join(f"{k}: {row.get(k)!r}" for k in
+                            ("user_id", "movie_id", "user_rating", "timestamp")) + "}"
+    counts: List[Count] = []
+    field = "user_id"
+    try:
+        user, trimmed = _field(_tfds_text(row["user_id"], field), trim_spaces)
+        counts += trimmed
+        C.check_id(user)
+        field = "movie_id"
+        item, trimmed = _field(_tfds_text(row["movie_id"], field), trim_spaces)
+        counts += trimmed
+        C.check_id(item)
+        field = "user_rating"
+        rating = C.parse_number(repr(float(row["user_rating"])))
+        field = "timestamp"
+        timestamp = C.parse_timestamp(str(int(row["timestamp"])), integer_only=True)
+    except C.FieldError as e:
+        yield dead_letter(where, line_no, field, e, shown)
+        return
+    yield from counts
+    if min_rating is not None and rating < min_rating:
+        yield Filtered("rating_below_min")
+        return
+    yield Event(user, item, timestamp, (0, line_no, 0))
+
+
+def _tfds_rows(_, name: str, data_dir: Optional[str], min_rating: Optional[float],
+               trim_spaces: bool = False):
     import tensorflow_datasets as tfds  # only users of this source need TFDS at run time
 
     dataset = tfds.load(name, split="train", data_dir=data_dir, download=False)
     genre_names = None
-    read = kept_filtered = 0
+    read = 0
+    counts: Dict[str, int] = {}
+    filtered: Dict[str, int] = {}
     for index, row in enumerate(tfds.as_numpy(dataset)):
         read += 1
-        user = row["user_id"].decode()
-        item = row["movie_id"].decode()
-        if min_rating is not None and float(row["user_rating"]) < min_rating:
-            kept_filtered += 1
-            continue
-        yield Event(user, item, int(row["timestamp"]), (0, index + 1, 0))
-        if "movie_genres" in row:
-            if genre_names is None:
-                builder = tfds.builder(name, data_dir=data_dir)
-                genre_names = builder.info.features["movie_genres"].feature.names
-            yield beam.pvalue.TaggedOutput("genres", (item, tuple(
-                genre_names[g] for g in row["movie_genres"])))
+        for record in tfds_row_records(row, index, f"tfds:{name}", min_rating, trim_spaces):
+            if isinstance(record, Event):
+                yield record
+                if "movie_genres" in row:
+                    if genre_names is None:
+                        builder = tfds.builder(name, data_dir=data_dir)
+                        genre_names = builder.info.features["movie_genres"].feature.names
+                    yield beam.pvalue.TaggedOutput("genres", (record.item, tuple(
+                        genre_names[g] for g in row["movie_genres"])))
+            elif isinstance(record, DeadLetter):
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, record)
+            elif isinstance(record, Filtered):
+                filtered[record.reason] = filtered.get(record.reason, 0) + record.interactions
+            else:
+                counts[record.name] = counts.get(record.name, 0) + record.n
     yield beam.pvalue.TaggedOutput(COUNTS, (INTERACTIONS_READ, read))
     yield beam.pvalue.TaggedOutput(COUNTS, (LINES_READ, read))
-    if kept_filtered:
-        yield beam.pvalue.TaggedOutput(FILTERED, ("rating_below_min", kept_filtered))
+    for name_, n in counts.items():
+        yield beam.pvalue.TaggedOutput(COUNTS, (name_, n))
+    for reason, n in filtered.items():
+        yield beam.pvalue.TaggedOutput(FILTERED, (reason, n))
 
 
 class TfdsMovieLens(beam.PTransform):
@@ -486,20 +611,21 @@ class TfdsMovieLens(beam.PTransform):
     """
 
     def __init__(self, name: str = "movielens/1m-ratings", data_dir: Optional[str] = None,
-                 min_rating: Optional[float] = None):
+                 min_rating: Optional[float] = None, trim_spaces: bool = False):
         super().__init__()
         self.name = name
         self.data_dir = data_dir
         self.min_rating = min_rating
+        self.trim_spaces = trim_spaces
 
     def expand(self, pbegin):
         outputs = (pbegin | "TfdsImpulse" >> beam.Impulse()
                    | "TfdsRead" >> beam.FlatMap(_tfds_rows, self.name, self.data_dir,
-                                                self.min_rating).with_outputs(
-                       "genres", COUNTS, FILTERED, main="events"))
-        empty = pbegin | "TfdsNoDeadLetters" >> beam.Create([])
+                                                self.min_rating, self.trim_spaces).with_outputs(
+                       "genres", DEAD_LETTER, COUNTS, FILTERED, main="events"))
         genres = outputs.genres | "TfdsGenresDistinct" >> beam.Distinct()
-        return ParsedLog(outputs.events, empty, outputs[FILTERED], outputs[COUNTS], genres)
+        return ParsedLog(outputs.events, outputs[DEAD_LETTER], outputs[FILTERED],
+                         outputs[COUNTS], genres)
 
 
 def _synthetic_user(user_index: int, config: synthetic.SyntheticConfig):

@@ -20,8 +20,9 @@ class Event(NamedTuple):
 
 
 class DeadLetter(NamedTuple):
-    """A record that could not be parsed: where it was, which field, why, and how many
-    interactions it held (so that the counts still add up)."""
+    """A record that could not be parsed: where it was, which field, why (``reason``: what was
+    found; ``code``: the reason's name in ``contract.REASONS``), and how many interactions it
+    held (so that the counts still add up)."""
 
     file: str
     line: int
@@ -29,12 +30,15 @@ class DeadLetter(NamedTuple):
     reason: str
     raw: str
     interactions: int = 1
+    code: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self._asdict(), ensure_ascii=False)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: field {self.field!r}: {self.reason} (line: {self.raw!r})"
+        code = f"{self.code}: " if self.code else ""
+        return (f"{self.file}:{self.line}: field {self.field!r}: {code}{self.reason} "
+                f"(line: {self.raw[:200]!r})")
 
 
 class Filtered(NamedTuple):
@@ -44,5 +48,13 @@ class Filtered(NamedTuple):
     interactions: int = 1
 
 
+class Count(NamedTuple):
+    """A counter a reader adds to (e.g. ``normalised.trimmed_fields``), not a record."""
+
+    name: str
+    n: int = 1
+
+
 class InputError(ValueError):
-    """Input that cannot be processed at all (missing, unreadable or empty file, bad header)."""
+    """Input that cannot be processed at all (missing, unreadable, empty or corrupt file, bad
+    header, or too much of it malformed); the message names the file (and line)."""

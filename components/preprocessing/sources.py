@@ -28,6 +28,10 @@ class SourceConfig:
       kuairand_main_tab: the tab KuaiRand rows must be in (``None``: all).
       tfds_name, tfds_data_dir: the TFDS data set, prepared beforehand.
       synthetic_users, synthetic_items, synthetic_seed: size and seed of the synthetic log.
+      trim_spaces: remove leading and trailing spaces around fields (ids and numbers) and count
+        them in ``stats.json`` (``normalised.trimmed_fields``); off (default), such a row is a
+        dead letter (``space_around_value``). Whitespace-separated sequences have no spaces to
+        trim.
     """
 
     kind: str = "synthetic"
@@ -46,6 +50,7 @@ class SourceConfig:
     synthetic_users: int = synthetic.SyntheticConfig.num_users
     synthetic_items: int = synthetic.SyntheticConfig.num_items
     synthetic_seed: int = 0
+    trim_spaces: bool = False
 
     def __post_init__(self):
         if self.kind not in SOURCE_KINDS:
@@ -63,17 +68,37 @@ class SourceConfig:
         if self.kind == "synthetic":
             return readers.SyntheticLog(self.synthetic_config())
         if self.kind == "ml1m_ratings":
-            return readers.MovieLensRatings(self.paths, self.movies_path, self.min_rating)
+            return readers.MovieLensRatings(self.paths, self.movies_path, self.min_rating,
+                                            trim_spaces=self.trim_spaces)
         if self.kind == "sequences":
             genres = readers.read_movielens_genres(self.movies_path) if self.movies_path else None
             return readers.SequenceFile(self.paths, genres=genres)
         if self.kind == "kuairand":
-            return readers.KuaiRandLog(self.paths, main_tab=self.kuairand_main_tab)
+            return readers.KuaiRandLog(self.paths, main_tab=self.kuairand_main_tab,
+                                       trim_spaces=self.trim_spaces)
         if self.kind == "csv":
             return readers.CsvLog(self.paths, self.csv_user_column, self.csv_item_column,
                                   self.csv_timestamp_column, self.csv_timestamp_divisor,
-                                  self.csv_label_column, delimiter=self.csv_delimiter)
-        return readers.TfdsMovieLens(self.tfds_name, self.tfds_data_dir, self.min_rating)
+                                  self.csv_label_column, delimiter=self.csv_delimiter,
+                                  trim_spaces=self.trim_spaces)
+        return readers.TfdsMovieLens(self.tfds_name, self.tfds_data_dir, self.min_rating,
+                                     trim_spaces=self.trim_spaces)
+
+    def check_inputs(self) -> None:
+        """The checks before Beam for this source's files, without building a pipeline: they
+        exist, are readable and not empty, gzip streams are whole, headers have the needed
+        columns once each, the inputs hold a data line, and ``movies.dat`` parses.
+
+        Raises:
+          InputError: naming the file (and line).
+        """
+        if self.kind in ("synthetic", "tfds"):
+            return
+        source = self.build()  # reads movies.dat (genres) where the kind uses it
+        readers.check_data_files(readers.resolve_files(self.paths),
+                                 source.parser().header_spec())
+        if self.movies_path and self.kind != "sequences":
+            readers.read_movielens_genres(self.movies_path)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

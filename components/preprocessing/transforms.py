@@ -15,15 +15,19 @@ Output directory layout (the ``Split-*`` folders are what a TFX ``Examples`` art
     item_features.tsv                     int_id, genres
     schema.pbtxt                          tensorflow_metadata schema of the windows
     sequence_schema.pbtxt                 schema of the chunks (with ``config.sequences``)
-    dead_letter/dead_letter.jsonl         rejected records: file, line, field, reason, raw
+    dead_letter/dead_letter.jsonl         rejected records: file, line, field, reason, raw,
+                                          code (a reason name of ``contract.REASONS``)
     stats.json                            counts (they add up), config, elapsed time
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
+import re
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -33,10 +37,11 @@ import tensorflow as tf
 
 from components.preprocessing import kcore, readers
 from components.preprocessing.config import SPLITS, TRAIN_SEQUENCES, ProtocolConfig, WindowConfig
-from components.preprocessing.records import DeadLetter, Event
+from components.preprocessing.records import DeadLetter, Event, InputError
 from components.preprocessing import sequences as chunks
 from components.preprocessing.schema import schema_text, sequence_schema, window_schema
-from components.preprocessing.vocabulary import ItemFeatures, Vocabulary
+from components.preprocessing.vocabulary import (ITEM_FEATURES_FILE, VOCABULARY_FILE, ItemFeatures,
+                                                 Vocabulary)
 from components.preprocessing.windows import to_example, user_windows
 from t2diff_tf.features import ExampleSpec, SequenceSpec
 
@@ -49,7 +54,14 @@ FILTERED_BEYOND_USER_CAP = "beyond_max_user_interactions"
 
 
 class PreprocessingError(RuntimeError):
-    """The run finished but its output cannot be trusted (nothing kept, too many rejects)."""
+    """The run failed, or finished with output that cannot be trusted (counts that do not add
+    up, a k-core that did not converge)."""
+
+
+class InputRefusedError(PreprocessingError, InputError):
+    """The input was read but refused: nothing usable in it, or more of it malformed than
+    ``max_rejected_fraction``. Both a :class:`PreprocessingError` and an :class:`InputError`;
+    the message names the files and the first dead letters (file, line, field, reason)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +180,10 @@ class _MakeWindows(beam.DoFn):
         user, items, timestamps = sequence
         ids = [lookup[item] for item in items]
         for split, w in user_windows(user, ids, timestamps, self._window, self._protocol):
-            yield beam.pvalue.TaggedOutput(split, to_example(w).SerializeToString())
+            # Deterministic: features in name order, so every runner and process writes the same
+            # bytes (the default follows the map's hash order, which differs between processes).
+            yield beam.pvalue.TaggedOutput(
+                split, to_example(w).SerializeToString(deterministic=True))
 
 
 class _MakeChunks(beam.DoFn):
@@ -184,7 +199,8 @@ class _MakeChunks(beam.DoFn):
         ids = [lookup[item] for item in items]
         for chunk in chunks.user_chunks(user, ids, timestamps, self._window, self._protocol,
                                         self._spec):
-            yield len(chunks.chunk_labels(chunk)), chunks.to_example(chunk).SerializeToString()
+            yield (len(chunks.chunk_labels(chunk)),
+                   chunks.to_example(chunk).SerializeToString(deterministic=True))
 
 
 class _KCoreRound(beam.DoFn):
@@ -339,7 +355,8 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
         log.filtered | "FilteredCounter" >> beam.Map(lambda kv: (f"filtered.{kv[0]}", kv[1])),
         log.dead_letters | "RejectedCounter" >> beam.FlatMap(
             lambda d: [("rejected", d.interactions), ("dead_letter_rows", 1),
-                       (f"rejected_by_field.{d.field}", d.interactions)]),
+                       (f"rejected_by_field.{d.field}", d.interactions),
+                       (f"rejected_by_reason.{d.code or 'unspecified'}", d.interactions)]),
         sequences[_FilterUsers.SHORT] | "ShortCounter" >> beam.FlatMap(
             lambda n: [(f"filtered.{FILTERED_USER_TOO_SHORT}", n), ("users_filtered", 1)]),
         truncated | "TruncatedCounter" >> beam.Map(
@@ -369,6 +386,88 @@ def _nest(counters: Dict[str, int]) -> dict:
     return out
 
 
+# What a run writes at the top of its output directory (besides ``Split-*`` and dead letters).
+_OUTPUT_FILES = (VOCABULARY_FILE, ITEM_FEATURES_FILE, SCHEMA_FILE, SEQUENCE_SCHEMA_FILE,
+                 STATS_FILE, "counters.json")
+_BEAM_STEP = re.compile(r"\s*\[while running '[^\]]*'\]")
+
+
+def _remove_outputs(output_dir: str, created: bool, keep_dead_letters: bool) -> None:
+    """Removes what a failed or refused run wrote: the whole directory when the run created it
+    (unless dead letters are kept), else every output of this module in it; Beam's
+    ``beam-temp-*`` folders go in every case. With ``keep_dead_letters`` only
+    ``dead_letter/dead_letter.jsonl`` and ``stats.json`` stay."""
+    if not tf.io.gfile.exists(output_dir):
+        return
+    if created and not keep_dead_letters:
+        tf.io.gfile.rmtree(output_dir)
+        return
+    for name in tf.io.gfile.listdir(output_dir):
+        name = name.rstrip("/")
+        path = os.path.join(output_dir, name)
+        if name == DEAD_LETTER_DIR and keep_dead_letters:
+            for inner in tf.io.gfile.listdir(path):
+                if inner.startswith("beam-temp-"):
+                    tf.io.gfile.rmtree(os.path.join(path, inner.rstrip("/")))
+        elif name.startswith(("Split-", "beam-temp-")) or name == DEAD_LETTER_DIR:
+            tf.io.gfile.rmtree(path)
+        elif name in _OUTPUT_FILES and not (keep_dead_letters and name == STATS_FILE):
+            tf.io.gfile.remove(path)
+
+
+class _DropBeamTracebacks(logging.Filter):
+    """Beam logs the traceback of an exception inside a step before re-raising it; the run
+    reports the error itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.exc_info)
+
+
+@contextlib.contextmanager
+def _quiet_beam_errors():
+    logger = logging.getLogger("apache_beam.runners.common")
+    dropper = _DropBeamTracebacks()
+    logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropper)
+
+
+def _one_line(error: BaseException) -> str:
+    text = _BEAM_STEP.sub("", str(error)).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _input_names(source: beam.PTransform) -> str:
+    paths = getattr(source, "paths", None)
+    if paths:
+        return ", ".join(paths)
+    return getattr(source, "name", None) or type(source).__name__
+
+
+def _run_beam(source: beam.PTransform, output_dir: str, config: PreprocessConfig,
+              beam_args: Optional[Sequence[str]], pipeline: Optional[beam.Pipeline]) -> None:
+    """Builds and runs the pipeline; any failure comes out as one line.
+
+    Raises:
+      InputError: an input check before Beam, or a file that could not be read inside it
+        (``file:line: ...``).
+      PreprocessingError: anything else that failed inside Beam (its type and first line; the
+        original exception is chained).
+    """
+    if pipeline is None:
+        pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or [])))
+    try:
+        with _quiet_beam_errors(), pipeline as p:
+            build_pipeline(p, source, output_dir, config)
+    except (InputError, PreprocessingError) as e:
+        raise type(e)(_one_line(e)) from e
+    except Exception as e:  # noqa: BLE001  (one clear line instead of a Beam traceback)
+        raise PreprocessingError(f"preprocessing {_input_names(source)} failed inside Beam: "
+                                 f"{type(e).__name__}: {_one_line(e)}") from e
+
+
 def run_preprocessing(source: beam.PTransform, output_dir: str,
                       config: PreprocessConfig = PreprocessConfig(),
                       beam_args: Optional[Sequence[str]] = None,
@@ -383,18 +482,43 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
       pipeline: an unstarted pipeline to use instead (e.g. the one a TFX component is given);
         it is run and waited for here.
 
+    A run that fails or is refused leaves no partial output: no examples, vocabulary or
+    ``beam-temp-*`` folders (and no directory at all when it created ``output_dir``), except
+    that a refused run with dead letters keeps ``dead_letter/dead_letter.jsonl`` and a
+    ``stats.json`` saying why it was refused.
+
     Raises:
-      InputError: the input cannot be read at all (before any Beam work starts).
-      PreprocessingError: nothing was kept, more than ``max_rejected_fraction`` of the
-        interactions were rejected, or the counts do not add up. The outputs stay on disk for
-        inspection (the dead letters say what was wrong).
+      InputError: the input cannot be read at all (checked before any Beam work starts), or a
+        file could not be read inside Beam; the message names the file (and line).
+      InputRefusedError: nothing usable was kept, or more than ``max_rejected_fraction`` of the
+        interactions were rejected (the dead letters say what was wrong).
+      PreprocessingError: the counts do not add up, the k-core did not converge, or something
+        else failed inside Beam (one line).
     """
     started = time.time()
-    tf.io.gfile.makedirs(output_dir)
-    if pipeline is None:
-        pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or [])))
-    with pipeline as p:
-        build_pipeline(p, source, output_dir, config)
+    created = not tf.io.gfile.exists(output_dir)
+    try:
+        tf.io.gfile.makedirs(output_dir)
+        _run_beam(source, output_dir, config, beam_args, pipeline)
+        stats = _collect_stats(source, output_dir, config, started)
+    except BaseException:
+        _remove_outputs(output_dir, created, keep_dead_letters=False)
+        raise
+    try:
+        _check_stats(stats, source, output_dir, config)
+    except PreprocessingError as e:
+        stats["refused"] = str(e)
+        _write_text(os.path.join(output_dir, STATS_FILE),
+                    json.dumps(stats, indent=2, sort_keys=True))
+        _remove_outputs(output_dir, created, keep_dead_letters=stats["dead_letter_rows"] > 0)
+        raise
+    return stats
+
+
+def _collect_stats(source: beam.PTransform, output_dir: str, config: PreprocessConfig,
+                   started: float) -> dict:
+    """Reads the counters the pipeline wrote into the stats, writes ``stats.json`` and the
+    schemas."""
     with tf.io.gfile.GFile(os.path.join(output_dir, "counters.json")) as f:
         counters: Dict[str, int] = json.load(f)
     tf.io.gfile.remove(os.path.join(output_dir, "counters.json"))
@@ -405,7 +529,7 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
     for split in SPLITS:
         stats["examples"].setdefault(split, 0)
     for key in ("kept", "rejected", "dead_letter_rows", "users_kept", "users_filtered", "items",
-                "interactions_read", "lines_read"):
+                "interactions_read", "lines_read", "blank_lines", "header_lines"):
         stats.setdefault(key, 0)
     stats["users_read"] = stats["users_kept"] + stats["users_filtered"]
     if config.min_item_interactions > 0:
@@ -429,12 +553,17 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
         _write_text(os.path.join(output_dir, SEQUENCE_SCHEMA_FILE),
                     schema_text(sequence_schema(config.sequences, num_items or None)))
     _write_text(os.path.join(output_dir, STATS_FILE), json.dumps(stats, indent=2, sort_keys=True))
+    return stats
 
+
+def _check_stats(stats: dict, source: beam.PTransform, output_dir: str,
+                 config: PreprocessConfig) -> None:
+    """Raises when the run's output cannot be trusted or the input is refused."""
     dead_letter_path = os.path.join(output_dir, DEAD_LETTER_DIR, "dead_letter.jsonl")
-    if accounted != stats["interactions_read"]:
+    if stats["accounted"] != stats["interactions_read"]:
         raise PreprocessingError(
             f"counts do not add up: read {stats['interactions_read']} interactions but "
-            f"kept + filtered + rejected = {accounted}; see {output_dir}/{STATS_FILE}")
+            f"kept + filtered + rejected = {stats['accounted']}")
     read = stats["interactions_read"]
     if config.min_item_interactions > 0 and not stats["kcore"]["converged"]:
         raise PreprocessingError(
@@ -442,15 +571,15 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
             f"{config.min_item_interactions}) did not reach its fixed point in "
             f"{config.kcore_max_rounds} rounds; raise kcore_max_rounds (--kcore-max-rounds)")
     if stats["kept"] == 0 or stats["examples"]["test"] == 0:
-        raise PreprocessingError(
-            f"no usable interaction: read {read}, rejected {stats['rejected']}, filtered "
-            f"{stats['filtered']}; first rejects: {_first_dead_letters(dead_letter_path)}")
+        raise InputRefusedError(
+            f"no usable interaction in {_input_names(source)}: read {read}, rejected "
+            f"{stats['rejected']}, filtered {stats['filtered']}; first rejects: "
+            f"{_first_dead_letters(dead_letter_path)}")
     if read and stats["rejected"] / read > config.max_rejected_fraction:
-        raise PreprocessingError(
-            f"{stats['rejected']} of {read} interactions rejected (more than "
-            f"{config.max_rejected_fraction:.0%}); first rejects: "
+        raise InputRefusedError(
+            f"{stats['rejected']} of {read} interactions rejected in {_input_names(source)} "
+            f"(more than {config.max_rejected_fraction:.0%}); first rejects: "
             f"{_first_dead_letters(dead_letter_path)}; all in {dead_letter_path}")
-    return stats
 
 
 def _first_dead_letters(path: str, n: int = 3) -> List[str]:

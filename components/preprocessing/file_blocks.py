@@ -1,0 +1,144 @@
+"""Reading one large text file in parallel: byte-range blocks whose lines keep their true line
+numbers.
+
+An uncompressed file larger than ``block_bytes`` is cut into blocks of ``block_bytes``; a gzip
+file cannot be entered in the middle and stays one block. A block owns the lines that *start* in
+its byte range ``[start, end)`` (a line crossing the end belongs to the block where it starts, as
+Beam's ``ReadFromText`` splits). Every line is read by exactly one block.
+
+Line numbers (dead letters name them) need the number of lines before a block, which only the
+bytes before it can tell. They are computed from byte offsets in two parallel passes instead of
+one serial read of the whole file: first every block but the last of each file counts its
+``\\n`` bytes (:func:`count_newlines`, a ``bytes.count`` over the range, several hundred MB/s),
+then each block reads its lines starting from the number the counts before it give
+(:func:`block_lines`). The cost is one extra read of the file's bytes (cheap next to parsing);
+the gain is that parsing, the expensive part, runs on every worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
+
+import tensorflow as tf
+
+from components.preprocessing.input_files import Line, decode_line, is_gzip, read_lines
+
+BLOCK_BYTES = 64 << 20
+_CHUNK = 1 << 20
+
+BlockKey = Tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Bytes ``[start, end)`` of the ``file_index``-th input file (``end`` -1: to the end of
+    the file); ``index`` is its place in the file, ``last`` whether it is the file's last."""
+
+    file_index: int
+    path: str
+    index: int
+    start: int
+    end: int
+    last: bool
+
+    @property
+    def key(self) -> BlockKey:
+        return self.file_index, self.index
+
+
+def plan_blocks(files: Sequence[str], block_bytes: int = BLOCK_BYTES) -> List[Block]:
+    """The blocks of ``files``: gzip files whole, others cut every ``block_bytes``."""
+    if block_bytes < 1:
+        raise ValueError(f"block_bytes must be >= 1, got {block_bytes}")
+    blocks = []
+    for file_index, path in enumerate(files):
+        size = tf.io.gfile.stat(path).length
+        if is_gzip(path) or size <= block_bytes:
+            blocks.append(Block(file_index, path, 0, 0, -1, True))
+            continue
+        starts = list(range(0, size, block_bytes))
+        for index, start in enumerate(starts):
+            last = index == len(starts) - 1
+            blocks.append(Block(file_index, path, index, start,
+                                -1 if last else start + block_bytes, last))
+    return blocks
+
+
+def count_newlines(block: Block) -> int:
+    """The number of ``\\n`` bytes in the block's byte range."""
+    n = 0
+    with tf.io.gfile.GFile(block.path, "rb") as f:
+        f.seek(block.start)
+        left = None if block.end < 0 else block.end - block.start
+        while left is None or left > 0:
+            chunk = f.read(_CHUNK if left is None else min(_CHUNK, left))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            if left is not None:
+                left -= len(chunk)
+    return n
+
+
+def lines_before(block: Block, newlines: Mapping[BlockKey, int]) -> int:
+    """``\\n`` bytes in the file before the block: the sum over the file's earlier blocks."""
+    return sum(newlines[(block.file_index, i)] for i in range(block.index))
+
+
+def _raw_lines_from(f, position: int, end: int) -> Iterator[bytes]:
+    """Raw lines (each with its ``\\n``; the file's last maybe without) starting at byte
+    ``position`` (a line start) while a line starts before ``end`` (-1: to the end)."""
+    pending = b""
+    while True:
+        chunk = f.read(_CHUNK)
+        if not chunk:
+            break
+        pending += chunk
+        begin = 0
+        while True:
+            if 0 <= end <= position:
+                return
+            stop = pending.find(b"\n", begin)
+            if stop < 0:
+                break
+            yield pending[begin:stop + 1]
+            position += stop + 1 - begin
+            begin = stop + 1
+        pending = pending[begin:]
+    if pending and not 0 <= end <= position:
+        yield pending
+
+
+def block_lines(block: Block, newlines: Mapping[BlockKey, int]) -> Iterator[Line]:
+    """The decoded lines the block owns, numbered as in the whole file (1-based).
+
+    ``newlines`` holds :func:`count_newlines` of the file's earlier blocks (unused for a
+    file's first block).
+    """
+    if block.start == 0 and block.last:
+        yield from read_lines(block.path)  # a whole file (gzip, or small)
+        return
+    number = 1
+    with tf.io.gfile.GFile(block.path, "rb") as f:
+        position = block.start
+        if block.start > 0:
+            number = lines_before(block, newlines) + 1
+            f.seek(block.start - 1)
+            if f.read(1) != b"\n":
+                # The line under way at ``start`` belongs to an earlier block: skip past its
+                # ``\n`` (one more newline before the first line of this block).
+                for raw in _raw_lines_from(f, block.start, -1):
+                    position += len(raw)
+                    number += 1
+                    break
+        f.seek(position)
+        for raw in _raw_lines_from(f, position, block.end):
+            yield decode_line(raw, number)
+            number += 1
+
+
+def newline_counts(blocks: Sequence[Block]) -> Dict[BlockKey, int]:
+    """:func:`count_newlines` of every block but each file's last, in one process (tests and
+    tools; the pipeline counts them in parallel)."""
+    return {b.key: count_newlines(b) for b in blocks if not b.last}
