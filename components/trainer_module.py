@@ -15,6 +15,11 @@ L``), a model that learns from every position (``model.trains_on_sequences``: SA
 Mamba4Rec, STOSA, ...) trains on them instead of the training windows; the others keep the
 windows. ``training.json`` records which layout was used.
 
+* Warm start: when the Trainer has a ``base_model`` (the pipeline's ``--warm-start`` wires the
+  latest blessed model of the pipeline into it), training starts from that model's weights, item
+  rows mapped through the raw ids (``components.base_model.warm_start_from``); new items get
+  fresh rows. ``training.json`` records what was copied, mapped and kept.
+
 * ``checkpoint_root`` -- where training checkpoints every epoch (``<pipeline root>/
   checkpoints``), in a folder named by a fingerprint of the examples, the model and the training
   configuration: a Trainer killed mid-run and run again on the same inputs resumes after its last
@@ -23,7 +28,10 @@ windows. ``training.json`` records which layout was used.
 Writes to ``fn_args.serving_model_dir`` the user-tower SavedModel (``serving_default`` over the
 query features -> ``user_embedding``, plus ``serve_tf_examples``) with
 ``assets.extra/corpus_embeddings.npy`` (``[N, d]``, row ``i`` = item ``i + 1``) and
-``assets.extra/training.json`` (model, configs, per-epoch history). TensorBoard logs go to
+``assets.extra/training.json`` (model, configs, example spec, per-epoch history, warm start),
+and the vocabulary and item features (``assets.extra/item_vocabulary.tsv``,
+``item_features.tsv``): what a later run needs to rank its data with this model or warm-start
+from it. TensorBoard logs go to
 ``fn_args.model_run_dir``.
 """
 
@@ -36,11 +44,13 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from components.base_model import warm_start_from, write_model_assets
 from components.evaluator import CORPUS_EMBEDDINGS, preprocess_config
 from components.preprocessing.config import TRAIN_SEQUENCES
-from components.preprocessing.transforms import split_dir
+from components.preprocessing.transforms import STATS_FILE, split_dir
 from components.preprocessing.vocabulary import ItemFeatures, Vocabulary
 from t2diff_tf.models.registry import build_model
+from t2diff_tf.progress import TrainingProgress, verbose_requested
 from t2diff_tf.serving.signatures import UserTowerModule
 from t2diff_tf.training import TrainConfig, fit, make_strategy, read_examples, read_sequences
 
@@ -50,11 +60,30 @@ def examples_root(file_pattern: str) -> str:
     return os.path.dirname(os.path.dirname(file_pattern))
 
 
+def steps_per_epoch(examples_uri: str, layout: str, train_config: TrainConfig):
+    """Training steps in one epoch, from the example counts in ``stats.json`` (``None`` when
+    they are not there); for the progress lines and the time estimate."""
+    stats_path = os.path.join(examples_uri, STATS_FILE)
+    if not tf.io.gfile.exists(stats_path):
+        return None
+    with tf.io.gfile.GFile(stats_path) as f:
+        examples = json.load(f).get("examples", {})
+    count = examples.get(TRAIN_SEQUENCES if layout == "sequences" else "train")
+    if not count:
+        return None
+    steps = -(-int(count) // train_config.batch_size)
+    return min(steps, train_config.steps_per_epoch) if train_config.steps_per_epoch else steps
+
+
 def checkpoint_dir(checkpoint_root: str, examples_uri: str, name: str, model_config: dict,
-                   train: dict) -> str:
-    """The checkpoint folder of one training job: the same inputs give the same folder."""
-    key = json.dumps({"examples": examples_uri, "model": name, "model_config": model_config,
-                      "train": train}, sort_keys=True)
+                   train: dict, base_model: str = None) -> str:
+    """The checkpoint folder of one training job: the same inputs (warm-start base included)
+    give the same folder."""
+    inputs = {"examples": examples_uri, "model": name, "model_config": model_config,
+              "train": train}
+    if base_model:
+        inputs["base_model"] = base_model
+    key = json.dumps(inputs, sort_keys=True)
     return os.path.join(checkpoint_root, f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
 
 
@@ -69,7 +98,8 @@ def run_fn(fn_args) -> None:
     checkpoints = None
     if config.get("checkpoint_root") and not train_config.checkpoint_dir:
         checkpoints = checkpoint_dir(config["checkpoint_root"], root, name, model_config,
-                                     json.loads(config.get("train", "{}")))
+                                     json.loads(config.get("train", "{}")),
+                                     getattr(fn_args, "base_model", None))
         train_config = dataclasses.replace(train_config, checkpoint_dir=checkpoints)
     written = preprocess_config(root)
     spec = written.window.example
@@ -92,7 +122,29 @@ def run_fn(fn_args) -> None:
                               train_config.shuffle_buffer, train_config.seed)
     validation = read_examples(fn_args.eval_files, spec, 512)
 
-    model, history = fit(build, train, validation, train_config,
+    # One line per update instead of Keras's output (kept with --verbose): an estimate of the
+    # whole training, a line at least every 30 s within an epoch, one per finished epoch.
+    progress = TrainingProgress(name, train_config.epochs,
+                                steps_per_epoch=steps_per_epoch(root, layout, train_config),
+                                batch_size=train_config.batch_size,
+                                epoch_metrics=(f"val_{train_config.selection_metric}",))
+    if not verbose_requested():
+        train_config = dataclasses.replace(train_config, verbose=0)
+    base_model = getattr(fn_args, "base_model", None)
+    warm_start = {"base_model": None, "used": False, "reason": "no base model"}
+
+    def build_for_training():
+        model = build()
+        if base_model:
+            warm_start.update(warm_start_from(
+                base_model, model, name, model_config, spec, vocabulary,
+                item_features.matrix if item_features.names else None))
+            print(f"Trainer: warm start from {base_model}: "
+                  + (warm_start["summary"] if warm_start["used"]
+                     else f"not used ({warm_start['reason']}); training from scratch"))
+        return model
+
+    model, history = fit(build_for_training, train, validation, train_config, callbacks=[progress],
                          log_dir=fn_args.model_run_dir, strategy=strategy)
 
     module = UserTowerModule(model, spec)
@@ -101,8 +153,11 @@ def run_fn(fn_args) -> None:
     tf.io.gfile.makedirs(extra)
     with tf.io.gfile.GFile(os.path.join(fn_args.serving_model_dir, CORPUS_EMBEDDINGS), "wb") as f:
         np.save(f, np.asarray(model.corpus_embeddings(), dtype=np.float32))
+    write_model_assets(fn_args.serving_model_dir, root)
     with tf.io.gfile.GFile(os.path.join(extra, "training.json"), "w") as f:
         json.dump({"model": name, "model_config": model_config, "layout": layout,
+                   "example_spec": dataclasses.asdict(spec), "num_items": vocabulary.size,
+                   "warm_start": warm_start,
                    "train": json.loads(config.get("train", "{}")),
                    "history": {k: [float(v) for v in vs] for k, vs in history.items()}}, f,
                   indent=2)

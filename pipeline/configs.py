@@ -10,6 +10,7 @@ from components.preprocessing.transforms import PreprocessConfig
 from t2diff_tf.models.registry import available_models
 from t2diff_tf.training import TrainConfig
 
+SERVING_RULES = ("better", "not_worse")  # components.evaluator.SERVING_RULES
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUTPUT_ROOT = os.path.join(REPO_ROOT, "outputs", "tfx")
 PIPELINE_NAME = "t2diff"
@@ -17,7 +18,14 @@ PIPELINE_NAME = "t2diff"
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """The Evaluator: cut-offs, blessing rule and intervals (see ``components.evaluator``)."""
+    """The Evaluator: cut-offs, blessing rule and intervals (see ``components.evaluator``).
+
+    Attributes:
+      serving_baseline: compare with the model that serves, the pipeline's latest blessed model
+        (resolved from ML Metadata); a candidate that does not beat it is not blessed or pushed.
+      serving_rule: ``better`` (the paired 95% interval of the blessing metric's difference is
+        above 0) or ``not_worse`` (the interval is not below 0).
+    """
 
     split: str = "test"
     ks: Tuple[int, ...] = (2, 10, 20, 100)
@@ -26,6 +34,15 @@ class EvalConfig:
     min_improvement: float = 0.0
     exclude_history: bool = False
     num_bootstrap: int = 1000
+    serving_baseline: bool = True
+    serving_rule: str = "better"
+
+    def __post_init__(self):
+        if self.serving_rule not in SERVING_RULES:
+            raise ValueError(f"serving_rule must be one of {SERVING_RULES}, got "
+                             f"{self.serving_rule!r}")
+        if self.serving_baseline and self.num_bootstrap < 1:
+            raise ValueError("comparing with the serving model needs num_bootstrap >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +56,9 @@ class PipelineConfig:
       model: registry name (``t2diff_tf.models.registry``); model_config: its config fields.
       baseline_model: optional second model the Evaluator compares against (trained too).
       train: training settings (epochs, batch, early stopping on validation, strategy).
-      eval: evaluation and blessing.
+      eval: evaluation and blessing (against the serving model too, by default).
+      warm_start: the Trainer starts from the weights of the pipeline's latest blessed (so
+        pushed) model, item rows mapped through the raw ids (``t2diff_tf.warm_start``).
       push_destination: where blessed models go (default ``<output_root>/serving``).
       schema_path: optional schema the examples must match (stops the run early otherwise).
       beam_pipeline_args: Beam options for the Beam-powered components (DirectRunner default).
@@ -56,6 +75,7 @@ class PipelineConfig:
     baseline_model_config: Optional[dict] = None
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    warm_start: bool = False
     push_destination: Optional[str] = None
     schema_path: Optional[str] = None
     beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",

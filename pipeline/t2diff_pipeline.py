@@ -1,5 +1,11 @@
 """``create_pipeline``: preprocessing -> statistics/schema/validation -> Trainer -> Evaluator ->
-Pusher, as one TFX pipeline any orchestrator runs (LocalDagRunner, Kubeflow V2 / Vertex)."""
+Pusher, as one TFX pipeline any orchestrator runs (LocalDagRunner, Kubeflow V2 / Vertex).
+
+A run is one day of a continuous loop: a ``Resolver`` with TFX's ``LatestBlessedModelStrategy``
+finds the pipeline's latest blessed model in ML Metadata (the model that serves: only blessed
+models are pushed). The Evaluator compares the new model with it (``EvalConfig.
+serving_baseline``), and with ``PipelineConfig.warm_start`` the Trainer starts from its weights
+(the Trainer's ``base_model`` channel)."""
 
 import json
 import os
@@ -39,15 +45,26 @@ def create_pipeline(config: PipelineConfig,
     validator = tfx.components.ExampleValidator(statistics=statistics.outputs["statistics"],
                                                 schema=schema.outputs["schema"])
 
-    def trainer(component_id: str, model: str, model_config: Optional[dict]):
+    def trainer(component_id: str, model: str, model_config: Optional[dict], base_model=None):
         return tfx.components.Trainer(
             module_file=TRAINER_MODULE, examples=examples, schema=schema.outputs["schema"],
+            base_model=base_model,
             train_args=tfx.proto.TrainArgs(splits=["train"]),
             eval_args=tfx.proto.EvalArgs(splits=["validation"]),
             custom_config=config.trainer_custom_config(model, model_config)).with_id(component_id)
 
-    main_trainer = trainer("Trainer", config.model, config.model_config)
-    components: List = [preprocess, statistics, schema, validator, main_trainer]
+    components: List = [preprocess, statistics, schema, validator]
+    latest_blessed = None
+    if config.eval.serving_baseline or config.warm_start:
+        latest_blessed = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("latest_blessed_model_resolver")
+        components.append(latest_blessed)
+    main_trainer = trainer("Trainer", config.model, config.model_config,
+                           latest_blessed.outputs["model"] if config.warm_start else None)
+    components.append(main_trainer)
     baseline = None
     if config.baseline_model:
         baseline = trainer("BaselineTrainer", config.baseline_model, config.baseline_model_config)
@@ -56,6 +73,8 @@ def create_pipeline(config: PipelineConfig,
     evaluator = RetrievalEvaluator(
         model=main_trainer.outputs["model"], examples=examples,
         baseline_model=baseline.outputs["model"] if baseline else None,
+        serving_model=(latest_blessed.outputs["model"] if config.eval.serving_baseline
+                       else None), serving_rule=e.serving_rule,
         split=e.split, ks=",".join(map(str, e.ks)), blessing_metric=e.blessing_metric,
         threshold=e.threshold, min_improvement=e.min_improvement,
         exclude_history=e.exclude_history, num_bootstrap=e.num_bootstrap)

@@ -11,6 +11,7 @@ Entry point: :func:`t2diff_tf.serving.export.export_for_serving`. Modules:
   ``rest``                 TF Serving REST requests -> signature inputs (tests, notebooks).
   ``atomic``               all-or-nothing directory writes.
   ``export``               :func:`export_for_serving`.
+  ``batch_candidates``     every user's top-K from a pushed bundle, to Parquet or TFRecord.
 
 Submodules are imported lazily so that ``import t2diff_tf.serving.rest`` stays light.
 """
