@@ -5,6 +5,8 @@
     t2diff preprocess --source sequences --input ../shared/data/ml-1m/sequences.txt.gz \\
         --movies ../shared/data/ml-1m/movies.dat --max-train-windows-per-user 50 \\
         --output outputs/ml1m
+    t2diff candidates --bundle outputs/demo/serving --examples '<examples>/Split-test/*' \\
+        --output candidates.parquet --top-k 100 --index scann   # nightly batch top-K
 
 Run ``t2diff <command> --help`` for every option.
 """
@@ -26,6 +28,7 @@ from components.preprocessing.records import InputError  # noqa: E402
 from components.preprocessing.sources import SOURCE_KINDS, SourceConfig  # noqa: E402
 from components.preprocessing.transforms import (PreprocessConfig, PreprocessingError,  # noqa: E402
                                                   run_preprocessing)
+from pipeline import output_filter  # noqa: E402
 from pipeline.configs import DEFAULT_OUTPUT_ROOT, PIPELINE_NAME, EvalConfig, PipelineConfig  # noqa: E402
 from t2diff_tf.features import ExampleSpec, SequenceSpec  # noqa: E402
 from t2diff_tf.models.registry import available_models  # noqa: E402
@@ -55,6 +58,9 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--csv-label-column", default=None,
                    help="CSV: label column; rows with label < 1 are filtered (counted)")
     g.add_argument("--csv-delimiter", default=",", help="CSV: field separator")
+    g.add_argument("--trim-spaces", action="store_true",
+                   help="remove spaces around fields (ids and numbers), counted in stats.json "
+                        "(normalised.trimmed_fields); without it such rows are dead letters")
     g.add_argument("--kuairand-main-tab", type=int, default=1,
                    help="KuaiRand: keep rows of this tab (the paper keeps tab 1); -1 keeps all")
     g.add_argument("--tfds-name", default="movielens/1m-ratings", help="TFDS data set name")
@@ -127,7 +133,7 @@ def source_from_args(args: argparse.Namespace) -> SourceConfig:
         kuairand_main_tab=None if args.kuairand_main_tab < 0 else args.kuairand_main_tab,
         tfds_name=args.tfds_name, tfds_data_dir=args.tfds_data_dir,
         synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
-        synthetic_seed=args.synthetic_seed)
+        synthetic_seed=args.synthetic_seed, trim_spaces=getattr(args, "trim_spaces", False))
 
 
 def preprocess_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
@@ -179,6 +185,16 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--blessing-metric", default="recall@20", help="metric of the blessing rule")
     g.add_argument("--exclude-history", action="store_true",
                    help="rank without the items the user has already seen")
+    g.add_argument("--no-serving-baseline", action="store_true",
+                   help="do not compare with the model that serves (the pipeline's latest "
+                        "blessed model in ML Metadata); by default a model that does not beat it "
+                        "is not blessed or pushed")
+    g.add_argument("--serving-rule", choices=("better", "not_worse"), default="better",
+                   help="against the serving model: 'better' needs the paired 95%% interval of "
+                        "the blessing metric's difference above 0, 'not_worse' not below 0")
+    g.add_argument("--warm-start", action="store_true",
+                   help="start training from the latest blessed (pushed) model's weights; "
+                        "items new to the vocabulary get fresh rows")
     g.add_argument("--push-destination", default=None,
                    help="where blessed models go (default <output-root>/serving)")
     g.add_argument("--schema", default=None,
@@ -199,14 +215,30 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
                           exclude_seen=args.select_seen_excluded),
         eval=EvalConfig(ks=tuple(int(k) for k in args.ks.split(",")),
                         blessing_metric=args.blessing_metric, threshold=args.blessing_threshold,
-                        exclude_history=args.exclude_history),
+                        exclude_history=args.exclude_history,
+                        serving_baseline=not args.no_serving_baseline,
+                        serving_rule=args.serving_rule),
+        warm_start=args.warm_start,
         push_destination=args.push_destination,
         schema_path=os.path.abspath(args.schema) if args.schema else None,
         beam_pipeline_args=beam_args, enable_cache=not args.no_cache)
 
 
+def describe_lines(stats: dict) -> str:
+    """E.g. ``read 100,000 lines: 99,999 interactions, 1 blank`` (what the lines held)."""
+    parts = [f"{stats['interactions_read']:,} interactions"]
+    for key, what in (("header_lines", "header"), ("blank_lines", "blank")):
+        if stats.get(key):
+            parts.append(f"{stats[key]:,} {what}")
+    normalised = ", ".join(f"{name.replace('_', ' ')} {n:,}"
+                           for name, n in sorted(stats.get("normalised", {}).items()))
+    return (f"read {stats.get('lines_read', 0):,} lines: {', '.join(parts)}"
+            + (f" (normalised: {normalised})" if normalised else ""))
+
+
 def format_stats(stats: dict, output_dir: str) -> str:
     lines = [f"Preprocessed {stats['source']} into {output_dir} in {stats['elapsed_seconds']} s",
+             f"  {describe_lines(stats)}",
              f"  interactions read  {stats['interactions_read']:>10,}",
              f"  kept               {stats['kept']:>10,}"]
     for reason, n in sorted(stats["filtered"].items()):
@@ -228,9 +260,12 @@ def format_stats(stats: dict, output_dir: str) -> str:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
+    from components.preprocessing.dask_runner import runner_beam_args
+
     source = source_from_args(args)
-    stats = run_preprocessing(source.build(), args.output, preprocess_config_from_args(args),
-                              args.beam_arg)
+    config = preprocess_config_from_args(args)
+    with runner_beam_args(args.runner, args.dask_workers, args.beam_arg) as beam_args:
+        stats = run_preprocessing(source.build(), args.output, config, beam_args)
     print(format_stats(stats, args.output))
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
@@ -241,9 +276,78 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline import local, report
 
     config = pipeline_config_from_args(args)
-    local.run(config)
+    local.run(config, verbose=args.verbose)
     print(report.summarize_run(config))
     return 0
+
+
+def _candidates(args: argparse.Namespace) -> int:
+    from t2diff_tf.serving import batch_candidates as B
+
+    config = B.BatchCandidatesConfig(
+        top_k=args.top_k, index=args.index, batch_size=args.batch_size,
+        leaves_to_search=args.leaves_to_search, output_format=args.format,
+        examples_vocabulary=args.examples_vocabulary)
+    if args.engine == "beam":
+        from components.batch_candidates import run_batch_candidates
+
+        result = run_batch_candidates(args.bundle, args.examples, args.output, config,
+                                      args.beam_arg)
+        skipped = ", ".join(f"{r} {n:,}" for r, n in result["skipped"].items()) or "none"
+        print(f"candidates (Beam): {result['users_written']:,} users written to "
+              f"{result['output']} (top {result['k']}, {result['index']} index, model version "
+              f"{result['model_version']}) in {result['seconds']:.1f} s\n"
+              f"  windows read {result['windows_read']:,}; superseded by a later window of the "
+              f"same user {result['superseded']:,}; skipped: {skipped} -> "
+              f"{result['skipped_path']}")
+        return 0
+    bundle = B.CandidateBundle(args.bundle)
+    print(f"candidates: bundle {bundle.directory}, model version {bundle.model_version} "
+          f"({bundle.num_items:,} items)")
+    summary = B.generate_candidates(bundle, args.examples, args.output, config, progress=print)
+    skipped = ", ".join(f"{reason} {n:,}" for reason, n in summary.skipped.items()) or "none"
+    print(f"candidates: {summary.users_written:,} users written to {summary.output} "
+          f"(top {summary.k}, {summary.index} index, model version {summary.model_version}) in "
+          f"{summary.selection_seconds + summary.scoring_seconds:.1f} s, "
+          f"{summary.users_per_second:,.0f} users/s\n"
+          f"  windows read {summary.windows_read:,}; superseded by a later window of the same "
+          f"user {summary.superseded:,}; skipped: {skipped} -> {summary.skipped_path}")
+    for note in summary.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def add_candidates_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True,
+                        help="a pushed bundle (<push destination>/<version>), or the push "
+                             "destination (its latest version); it may have been copied anywhere")
+    parser.add_argument("--examples", required=True, nargs="+", metavar="PATTERN",
+                        help="tf.Example window files or globs (gzip or not), e.g. "
+                             "'<examples>/Split-test/*': one row per user, on the user's latest "
+                             "window")
+    parser.add_argument("--output", required=True,
+                        help="candidates file: .parquet, .tfrecord or .tfrecord.gz (columns "
+                             "user_id, item_ids, scores, model_version); a .summary.json and a "
+                             ".skipped.jsonl go beside it")
+    parser.add_argument("--top-k", type=int, default=100, help="items per user")
+    parser.add_argument("--index", choices=("exact", "scann"), default="exact",
+                        help="'exact': brute force over the bundle's item embeddings; 'scann': "
+                             "the pushed ScaNN searcher")
+    parser.add_argument("--batch-size", type=int, default=1024, help="users per batch")
+    parser.add_argument("--leaves-to-search", type=int, default=None,
+                        help="ScaNN: leaves searched per user (default: the pushed index's)")
+    parser.add_argument("--format", choices=("parquet", "tfrecord"), default=None,
+                        help="output format (default: from the --output extension)")
+    parser.add_argument("--engine", choices=("local", "beam"), default="local",
+                        help="'local': one process, --output is a file; 'beam': a Beam job for "
+                             "large user sets, --output is a directory of shards "
+                             "(candidates-*.parquet or .tfrecord.gz, skipped.jsonl, summary.json)")
+    parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                        help="with --engine beam: a Beam pipeline option, repeatable")
+    parser.add_argument("--examples-vocabulary", default=None, metavar="PATH",
+                        help="item vocabulary the examples' ids come from (default: the "
+                             "item_vocabulary.tsv of their artifact, when there is one); ids are "
+                             "mapped to the bundle's through the raw ids")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_arguments(pre)
     pre.add_argument("--output", required=True, help="output directory")
     pre.add_argument("--json", action="store_true", help="also print the full stats JSON")
+    pre.add_argument("--runner", choices=("direct", "dask"), default="direct",
+                     help="'direct': Beam's DirectRunner (add --beam-arg=--direct_num_workers=2 "
+                          "--beam-arg=--direct_running_mode=multi_processing for processes); "
+                          "'dask': Beam's DaskRunner on a local Dask cluster of --dask-workers "
+                          "processes on 127.0.0.1 (other runners: --beam-arg=--runner=...)")
+    pre.add_argument("--dask-workers", type=int, default=2,
+                     help="with --runner dask: worker processes of the local cluster")
     pre.set_defaults(func=_preprocess)
 
     run = sub.add_parser(
@@ -270,7 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the whole TFX pipeline locally and prints the evaluation and where the "
         "pushed model and index are. Same as python -m pipeline.local.")
     add_pipeline_arguments(run)
+    output_filter.add_verbose_argument(run)
     run.set_defaults(func=_run)
+
+    candidates = sub.add_parser(
+        "candidates", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="batch candidates: the top-K items of every user from a pushed bundle",
+        description="Reads window examples, embeds each user's latest window with the bundle's "
+        "user tower, searches the item embeddings (exact or the pushed ScaNN index) and writes "
+        "one row per user: raw user id, raw item ids, scores and the model version.")
+    add_candidates_arguments(candidates)
+    candidates.set_defaults(func=_candidates)
     return parser
 
 

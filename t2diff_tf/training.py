@@ -344,7 +344,8 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
         ``read_sequences`` / ``sequence_arrays_dataset`` for sequence chunks).
       validation: batched validation dicts, or ``None`` to train ``epochs`` without selection.
       config: optimisation, selection and checkpoint settings.
-      callbacks: extra Keras callbacks.
+      callbacks: extra Keras callbacks (called after the validation ranking: their epoch-end
+        logs hold the ``val_*`` metrics; e.g. ``t2diff_tf.progress.TrainingProgress``).
       log_dir: TensorBoard log directory.
       strategy: an existing strategy (default: ``make_strategy(config.strategy)``; pass one made
         at program start for ``multi_worker_mirrored``).
@@ -358,7 +359,7 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
     with strategy.scope():
         model = build()
         model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    all_callbacks = list(callbacks)
+    all_callbacks = []
     selection = None
     directory = config.checkpoint_dir
     if validation is not None:
@@ -370,6 +371,8 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
                                         os.path.join(directory, "selection") if directory
                                         else None)
         all_callbacks.append(selection)
+    # The caller's callbacks come after validation, so that their epoch-end logs hold val_*.
+    all_callbacks += list(callbacks)
     if directory:
         # Last, so that an epoch's selection state is on disk before its backup.
         all_callbacks.append(tf.keras.callbacks.BackupAndRestore(
@@ -378,9 +381,12 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
         all_callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
     if directory:
         # Checkpoints restore into existing variables: create them all (towers, loss) first.
+        # Through the towers, not ``model(batch)``: calling the model records an input
+        # signature, and SavedModel export then traces ``call`` with ``training=True`` and no
+        # target, which T2Diff's one-step-denoise training refuses.
         with strategy.scope():
             for batch in _training_features(train).take(1):
-                model(batch)
+                model.query_embeddings(batch)
                 model.compute_loss(batch)
     if selection is not None and selection.state["finished"] and (
             selection.state.get("stopped_early")

@@ -114,6 +114,19 @@ def test_missing_or_empty_data_stops_before_any_component(tmp_path):
     config = config_for(tmp_path, "--source", "sequences", "--input", str(tmp_path / "empty.txt"))
     with pytest.raises(InputError, match="empty.txt: file is empty"):
         local.run(config)
+    # A CSV whose header names a column twice, or a gzip cut short, stops before any component.
+    (tmp_path / "dup.csv").write_text("user,item,timestamp,item\n1,2,3,4\n")
+    config = config_for(tmp_path, "--source", "csv", "--input", str(tmp_path / "dup.csv"))
+    with pytest.raises(InputError, match="dup.csv.*item"):
+        local.run(config)
+    assert not os.path.exists(config.pipeline_root)
+    import gzip
+    whole = gzip.compress(("user,item,timestamp\n" + "1,2,3\n" * 20000).encode())
+    (tmp_path / "cut.csv.gz").write_bytes(whole[: len(whole) // 2])
+    config = config_for(tmp_path, "--source", "csv", "--input", str(tmp_path / "cut.csv.gz"))
+    with pytest.raises(InputError, match="cut.csv.gz"):
+        local.run(config)
+    assert not os.path.exists(config.pipeline_root)
 
 
 def test_unknown_model_is_rejected_with_the_known_names(tmp_path, capsys):

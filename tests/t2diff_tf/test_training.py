@@ -218,3 +218,25 @@ def test_a_killed_run_resumes_after_its_last_epoch(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "EPOCH" not in again.stdout
     assert _result(again.stdout)["val_recall@20"] == history["val_recall@20"]
+
+
+def test_a_resumable_t2diff_exports_to_a_saved_model(tmp_path):
+    # Resumable training creates the variables before fitting; it must not leave the model with
+    # an input signature that SavedModel export would trace with training=True and no target
+    # (T2Diff refuses that: its one-step-denoise x_hat needs the target).
+    import tensorflow as tf
+
+    from t2diff_tf.serving.signatures import UserTowerModule
+
+    window = WindowConfig(F.ExampleSpec(12))
+    data = synthetic_arrays(SyntheticConfig(num_users=60, num_items=40, num_clusters=4), window)
+    config = TrainConfig(epochs=1, batch_size=64, steps_per_epoch=2, verbose=0,
+                         checkpoint_dir=str(tmp_path / "checkpoints"))
+    model, _ = fit(lambda: build_model("t2diff", {"embedding_dim": 8}, num_items=data.num_items,
+                                       example_spec=window.example),
+                   arrays_dataset(data.splits["train"], 64),
+                   arrays_dataset(data.splits["validation"], 256), config)
+    module = UserTowerModule(model, window.example)
+    tf.saved_model.save(module, str(tmp_path / "saved"), signatures=module.signatures())
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))
+    assert "serving_default" in loaded.signatures
