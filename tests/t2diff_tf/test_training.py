@@ -4,6 +4,7 @@ sequence layout's batches, and kill-and-resume."""
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
 import textwrap
@@ -157,7 +158,7 @@ def test_sasrec_learns_from_sequence_chunks():
 
 
 KILLED_RUN = textwrap.dedent("""
-    import json, os, sys
+    import json, os, signal, sys
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import tensorflow as tf
     from components.preprocessing.config import WindowConfig
@@ -171,7 +172,7 @@ KILLED_RUN = textwrap.dedent("""
         def on_epoch_begin(self, epoch, logs=None):
             print("EPOCH", epoch, int(self.model.optimizer.iterations.numpy()), flush=True)
             if epoch == int(sys.argv[2]):
-                os._exit(9)  # a hard kill: no cleanup runs
+                os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no handler, no cleanup
 
     spec, window = F.SequenceSpec(12), WindowConfig(F.ExampleSpec(12))
     data = synthetic_arrays(SyntheticConfig(num_users=120, num_items=60, num_clusters=4),
@@ -199,7 +200,7 @@ def test_a_killed_run_resumes_after_its_last_epoch(tmp_path):
                               capture_output=True, text=True, timeout=300)
 
     killed = run(2)
-    assert killed.returncode == 9, killed.stderr[-3000:]
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     started = [line.split() for line in killed.stdout.splitlines() if line.startswith("EPOCH")]
     assert [int(e) for _, e, _ in started] == [0, 1, 2]
     steps_done = int(started[-1][2])
