@@ -24,19 +24,16 @@ import argparse
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import List, Tuple
 
-import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.preprocess_scale import ensure_log, tree_rss  # noqa: E402
+from benchmarks.preprocess_scale import ensure_log, run_sampled  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "pipeline_scale.json")
 TARGET_SECONDS = 6 * 60
@@ -67,25 +64,8 @@ def main(argv=None) -> int:
                "--max-train-windows-per-user", "50", "--model", "mean_pool_two_tower",
                "--model-config", json.dumps({"loss": {"kind": "sampled_softmax"}}),
                "--epochs", "1", "--no-cache", "--output-root", out]
-    samples: List[Tuple[float, int]] = []
-    loads: List[float] = []
-    done = threading.Event()
     start = time.time()
-    with open(os.path.join(out, "run.log"), "w") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
-        handle = psutil.Process(proc.pid)
-
-        def sample():
-            while not done.is_set():
-                samples.append((time.time(), tree_rss(handle)))
-                loads.append(os.getloadavg()[0])
-                done.wait(0.25)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = proc.wait()
-        done.set()
-        sampler.join()
+    code, samples, loads = run_sampled(command, os.path.join(out, "run.log"))
     wall = time.time() - start
     components = []
     metadata = os.path.join(out, "metadata", "t2diff", "metadata.db")

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import psutil
 
@@ -61,20 +61,21 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def run_measured(command: List[str], log_path: str) -> Dict[str, float]:
-    """Runs ``command``; returns wall, CPU of the tree, peak tree RSS, mean load average."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
+def run_sampled(command: List[str], log_path: str
+                ) -> Tuple[int, List[Tuple[float, int]], List[float]]:
+    """Runs ``command`` (output to ``log_path``), sampling every 0.25 s the resident bytes of
+    its whole process tree and the load average; returns ``(exit code, [(unix time, rss)],
+    [load])``."""
+    samples: List[Tuple[float, int]] = []
+    loads: List[float] = []
+    done = threading.Event()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         handle = psutil.Process(proc.pid)
-        peak, loads = 0, []
-        done = threading.Event()
 
         def sample():
-            nonlocal peak
             while not done.is_set():
-                peak = max(peak, tree_rss(handle))
+                samples.append((time.time(), tree_rss(handle)))
                 loads.append(os.getloadavg()[0])
                 done.wait(0.25)
 
@@ -83,7 +84,16 @@ def run_measured(command: List[str], log_path: str) -> Dict[str, float]:
         code = proc.wait()
         done.set()
         sampler.join()
+    return code, samples, loads
+
+
+def run_measured(command: List[str], log_path: str) -> Dict[str, float]:
+    """Runs ``command``; returns wall, CPU of the tree, peak tree RSS, mean load average."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    code, samples, loads = run_sampled(command, log_path)
     wall = time.perf_counter() - start
+    peak = max((rss for _, rss in samples), default=0)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"exit_code": code, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),

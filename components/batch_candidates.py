@@ -20,11 +20,8 @@ is per file (the preprocessing writes ``--num-shards`` files per split).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-import re
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -33,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from components.beam_errors import one_line, quiet_beam_errors
 from t2diff_tf import features as F
 from t2diff_tf.serving import batch_candidates as B
 
@@ -48,33 +46,6 @@ WINDOWS_READ = "windows_read"
 USERS_WRITTEN = "users_written"
 SUPERSEDED = "superseded"
 TIES = "ties_broken_by_read_order"
-
-
-_BEAM_STEP = re.compile(r"\s*\[while running '[^\]]*'\]")
-
-
-class _DropBeamTracebacks(logging.Filter):
-    """Beam logs the traceback of an exception inside a step before re-raising it; the job
-    reports the error itself, in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and record.exc_info)
-
-
-@contextlib.contextmanager
-def _quiet_beam_errors():
-    logger = logging.getLogger("apache_beam.runners.common")
-    dropper = _DropBeamTracebacks()
-    logger.addFilter(dropper)
-    try:
-        yield
-    finally:
-        logger.removeFilter(dropper)
-
-
-def _one_line(error: BaseException) -> str:
-    text = _BEAM_STEP.sub("", str(error)).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _dead_letter(path: str, record: int, reason: str, detail: str,
@@ -241,13 +212,13 @@ def run_batch_candidates(bundle: str, examples: Sequence[str], output_dir: str,
     tf.io.gfile.makedirs(output_dir)
     pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or [])))
     try:
-        with _quiet_beam_errors(), pipeline as p:
+        with quiet_beam_errors(), pipeline as p:
             build_candidates_pipeline(p, loaded.directory, files, output_dir, config,
                                       loaded.history_length, vocabulary_path, output_format)
     except Exception as e:  # noqa: BLE001  (one clear line instead of a Beam traceback)
         tf.io.gfile.rmtree(output_dir)
         raise B.BatchCandidatesError(f"batch candidates failed inside Beam: "
-                                     f"{_one_line(e)}") from e
+                                     f"{one_line(e)}") from e
     counts: Dict[str, int] = {}
     for path in tf.io.gfile.glob(os.path.join(output_dir, COUNTS_PREFIX + "*")):
         with tf.io.gfile.GFile(path) as f:

@@ -28,7 +28,7 @@ NOISE_PATTERNS: Tuple[str, ...] = (
     r"warning: (build_py|install_lib|install|bdist_wheel|egg_info): ",
     # pip install --target of that wheel, before the Trainer runs
     r"Looking in (indexes|links): ",
-    r"Processing /",
+    r"Processing \S+\.whl$",
     r"Installing collected packages: ",
     r"Successfully installed ",
     r"Requirement already satisfied: ",

@@ -22,7 +22,8 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import tensorflow as tf
 
-from components.preprocessing.input_files import Line, decode_line, is_gzip, read_lines
+from components.preprocessing.input_files import (Line, decode_line, is_gzip, raw_lines,
+                                                  read_lines)
 
 BLOCK_BYTES = 64 << 20
 _CHUNK = 1 << 20
@@ -86,30 +87,6 @@ def lines_before(block: Block, newlines: Mapping[BlockKey, int]) -> int:
     return sum(newlines[(block.file_index, i)] for i in range(block.index))
 
 
-def _raw_lines_from(f, position: int, end: int) -> Iterator[bytes]:
-    """Raw lines (each with its ``\\n``; the file's last maybe without) starting at byte
-    ``position`` (a line start) while a line starts before ``end`` (-1: to the end)."""
-    pending = b""
-    while True:
-        chunk = f.read(_CHUNK)
-        if not chunk:
-            break
-        pending += chunk
-        begin = 0
-        while True:
-            if 0 <= end <= position:
-                return
-            stop = pending.find(b"\n", begin)
-            if stop < 0:
-                break
-            yield pending[begin:stop + 1]
-            position += stop + 1 - begin
-            begin = stop + 1
-        pending = pending[begin:]
-    if pending and not 0 <= end <= position:
-        yield pending
-
-
 def block_lines(block: Block, newlines: Mapping[BlockKey, int]) -> Iterator[Line]:
     """The decoded lines the block owns, numbered as in the whole file (1-based).
 
@@ -128,12 +105,12 @@ def block_lines(block: Block, newlines: Mapping[BlockKey, int]) -> Iterator[Line
             if f.read(1) != b"\n":
                 # The line under way at ``start`` belongs to an earlier block: skip past its
                 # ``\n`` (one more newline before the first line of this block).
-                for raw in _raw_lines_from(f, block.start, -1):
+                for raw in raw_lines(f, block.start, -1, _CHUNK):
                     position += len(raw)
                     number += 1
                     break
         f.seek(position)
-        for raw in _raw_lines_from(f, position, block.end):
+        for raw in raw_lines(f, position, block.end, _CHUNK):
             yield decode_line(raw, number)
             number += 1
 

@@ -131,25 +131,31 @@ def decode_line(raw: bytes, number: int) -> Line:
     return Line(number, text, raw, bom, crlf)
 
 
-def _raw_lines(f) -> Iterator[bytes]:
+def raw_lines(f, position: int = 0, end: int = -1, chunk_size: int = _CHUNK
+              ) -> Iterator[bytes]:
     """Lines of a binary stream split on ``\n`` only, each with its ``\n`` (the last one
-    maybe without). ``GFile.readline`` is not used: it drops the ``\r`` of a ``\r\n``, so a
-    plain file and its gzip would read differently."""
+    maybe without), read from the stream's current offset, which is byte ``position`` of the
+    file (a line start), while a line starts before byte ``end`` (-1: to the end).
+    ``GFile.readline`` is not used: it drops the ``\r`` of a ``\r\n``, so a plain file and
+    its gzip would read differently."""
     pending = b""
     while True:
-        chunk = f.read(_CHUNK)
+        chunk = f.read(chunk_size)
         if not chunk:
             break
         pending += chunk
-        start = 0
+        begin = 0
         while True:
-            end = pending.find(b"\n", start)
-            if end < 0:
+            if 0 <= end <= position:
+                return
+            stop = pending.find(b"\n", begin)
+            if stop < 0:
                 break
-            yield pending[start:end + 1]
-            start = end + 1
-        pending = pending[start:]
-    if pending:
+            yield pending[begin:stop + 1]
+            position += stop + 1 - begin
+            begin = stop + 1
+        pending = pending[begin:]
+    if pending and not 0 <= end <= position:
         yield pending
 
 
@@ -163,7 +169,7 @@ def read_lines(path: str) -> Iterator[Line]:
     number = 0
     try:
         with open_binary(path) as f:
-            for number, raw in enumerate(_raw_lines(f), start=1):
+            for number, raw in enumerate(raw_lines(f), start=1):
                 yield decode_line(raw, number)
     except GZIP_ERRORS + (tf.errors.OpError,) as e:
         raise InputError(f"{path}:{number + 1}: cannot read: {e}") from None

@@ -22,12 +22,9 @@ Output directory layout (the ``Split-*`` folders are what a TFX ``Examples`` art
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import os
-import re
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -35,6 +32,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 import tensorflow as tf
 
+from components.beam_errors import one_line, quiet_beam_errors
 from components.preprocessing import kcore, readers
 from components.preprocessing.config import SPLITS, TRAIN_SEQUENCES, ProtocolConfig, WindowConfig
 from components.preprocessing.records import DeadLetter, Event, InputError
@@ -389,7 +387,6 @@ def _nest(counters: Dict[str, int]) -> dict:
 # What a run writes at the top of its output directory (besides ``Split-*`` and dead letters).
 _OUTPUT_FILES = (VOCABULARY_FILE, ITEM_FEATURES_FILE, SCHEMA_FILE, SEQUENCE_SCHEMA_FILE,
                  STATS_FILE, "counters.json")
-_BEAM_STEP = re.compile(r"\s*\[while running '[^\]]*'\]")
 
 
 def _remove_outputs(output_dir: str, created: bool, keep_dead_letters: bool) -> None:
@@ -415,30 +412,6 @@ def _remove_outputs(output_dir: str, created: bool, keep_dead_letters: bool) -> 
             tf.io.gfile.remove(path)
 
 
-class _DropBeamTracebacks(logging.Filter):
-    """Beam logs the traceback of an exception inside a step before re-raising it; the run
-    reports the error itself, in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and record.exc_info)
-
-
-@contextlib.contextmanager
-def _quiet_beam_errors():
-    logger = logging.getLogger("apache_beam.runners.common")
-    dropper = _DropBeamTracebacks()
-    logger.addFilter(dropper)
-    try:
-        yield
-    finally:
-        logger.removeFilter(dropper)
-
-
-def _one_line(error: BaseException) -> str:
-    text = _BEAM_STEP.sub("", str(error)).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _input_names(source: beam.PTransform) -> str:
     paths = getattr(source, "paths", None)
     if paths:
@@ -459,13 +432,13 @@ def _run_beam(source: beam.PTransform, output_dir: str, config: PreprocessConfig
     if pipeline is None:
         pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or [])))
     try:
-        with _quiet_beam_errors(), pipeline as p:
+        with quiet_beam_errors(), pipeline as p:
             build_pipeline(p, source, output_dir, config)
     except (InputError, PreprocessingError) as e:
-        raise type(e)(_one_line(e)) from e
+        raise type(e)(one_line(e)) from e
     except Exception as e:  # noqa: BLE001  (one clear line instead of a Beam traceback)
         raise PreprocessingError(f"preprocessing {_input_names(source)} failed inside Beam: "
-                                 f"{type(e).__name__}: {_one_line(e)}") from e
+                                 f"{type(e).__name__}: {one_line(e)}") from e
 
 
 def run_preprocessing(source: beam.PTransform, output_dir: str,

@@ -36,7 +36,7 @@ def test_the_filter_hides_wheel_building_pip_and_library_logs_and_keeps_the_rest
         "num_leaves_to_search or reorder_k",
         "ERROR:absl:Execution 6 failed.",
         "[6/9] Trainer FAILED after 3m01s: ValueError"]
-    assert len(lines) - len(shown) == 68  # everything else is hidden
+    assert len(lines) - len(shown) == 69  # everything else is hidden
 
 
 FD_LEVEL = textwrap.dedent("""
