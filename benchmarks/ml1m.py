@@ -11,8 +11,10 @@ with the items the user has already seen removed (their whole history, as SASRec
 HSTU-Tensorflow evaluate; ``metrics_seen_excluded``). Recorded per run:
 metrics, intervals, parameters, training time, epochs, inference ms/user (user tower at batch 1
 and 256), the validation curve against training wall seconds (time to quality). With
-``--layout sequences`` the training data are sequence chunks of ``--history-length`` inputs
-(every training interaction a label once per epoch) instead of windows; ``--checkpoint-dir``
+``--layout sequences`` the training data are sequence chunks of ``--sequence-length`` inputs
+(default ``--history-length``; every training interaction a label once per epoch) instead of
+capped windows: next-item models read the chunks, per-target models (T2Diff, its ablations, the
+two-towers) one window of ``--history-length`` per chunk position; ``--checkpoint-dir``
 makes each run resumable (rerun the same command after a kill). Writes ``<output>.json`` and ``<output>.md`` (a Markdown table shaped like the paper's
 Table 2; ``--preset table3`` / ``table4`` give the beta-schedule and diffusion-step ablations).
 """
@@ -41,7 +43,7 @@ from t2diff_tf import features as F  # noqa: E402
 from t2diff_tf import metrics as M  # noqa: E402
 from t2diff_tf.features import ExampleSpec  # noqa: E402
 from t2diff_tf.models.registry import MODELS, build_model  # noqa: E402
-from t2diff_tf.training import TrainConfig, arrays_dataset, fit, read_examples, sequence_arrays_dataset  # noqa: E402
+from t2diff_tf.training import TrainConfig, arrays_dataset, fit, read_examples, sequence_arrays_dataset, sequence_windows_dataset  # noqa: E402
 
 PRESETS: Dict[str, List[dict]] = {
     "table2": [
@@ -236,7 +238,8 @@ def reverse_step_cosine(model, arrays: Mapping[str, np.ndarray], n: int = 512,
 
 def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarray]],
             train_config: TrainConfig, example_spec: ExampleSpec,
-            checkpoint_root: Optional[str] = None, use_item_features: bool = True) -> dict:
+            checkpoint_root: Optional[str] = None, use_item_features: bool = True,
+            window: Optional[WindowConfig] = None) -> dict:
     vocabulary, item_features = Vocabulary.read(root), ItemFeatures.read(root)
     config = model_config(spec["model"], spec.get("config", {}))
     checkpoint_dir = None
@@ -252,9 +255,19 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
                            item_features=item_features.matrix if use_item_features else None,
                            item_frequencies=vocabulary.frequencies(), example_spec=example_spec)
 
-    if TRAIN_SEQUENCES in data:
+    layout = "windows"
+    if TRAIN_SEQUENCES in data and build().trains_on_sequences:
+        layout = "sequences"
         train = sequence_arrays_dataset(data[TRAIN_SEQUENCES], train_config.batch_size,
                                         train_config.shuffle_buffer, seed)
+    elif TRAIN_SEQUENCES in data:
+        # A per-target model: one window per chunk position, built as the preprocessing
+        # built its windows (shape and session rule).
+        layout = "sequence_windows"
+        train = sequence_windows_dataset(data[TRAIN_SEQUENCES],
+                                         (window or WindowConfig(example_spec)).sequence_windows(),
+                                         train_config.batch_size, train_config.shuffle_buffer,
+                                         seed)
     else:
         train = arrays_dataset(data["train"], train_config.batch_size,
                                train_config.shuffle_buffer, seed)
@@ -268,7 +281,7 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
     eval_seconds = time.perf_counter() - start
     validation = history.get(f"val_{train_config.selection_metric}", [])
     return {
-        "label": spec["label"], "model": spec["model"], "seed": seed,
+        "label": spec["label"], "model": spec["model"], "seed": seed, "layout": layout,
         "config": dataclasses.asdict(config), "train": dataclasses.asdict(train_config),
         "metrics": result.metrics,
         "intervals": {k: list(v) for k, v in result.intervals.items()},
@@ -363,6 +376,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--layout", default="windows", choices=["windows", "sequences"],
                         help="training data: one window per target, or sequence chunks of "
                              "--history-length inputs (every training interaction a label once)")
+    parser.add_argument("--sequence-length", type=int, default=None,
+                        help="sequences: inputs per chunk (default --history-length); "
+                             "--history-length stays the window of per-target models")
     parser.add_argument("--max-chunks-per-user", type=int, default=None,
                         help="sequences: keep each user's latest chunks (1: SASRec's layout)")
     parser.add_argument("--selection-metric", default="recall@20",
@@ -392,7 +408,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                                exclude_seen=args.select_seen_excluded,
                                time_budget_seconds=args.time_budget_seconds)
     example_spec = ExampleSpec(history_length=args.history_length)
-    sequences = (F.SequenceSpec(args.history_length, args.max_chunks_per_user)
+    sequences = (F.SequenceSpec(args.sequence_length or args.history_length,
+                                args.max_chunks_per_user)
                  if args.layout == "sequences" else None)
     report = {"command": "python " + " ".join(sys.argv), "machine":
               f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
@@ -400,6 +417,7 @@ def main(argv: Optional[List[str]] = None) -> None:
               "history_length": args.history_length,
               "max_train_windows_per_user": args.max_train_windows_per_user,
               "max_user_interactions": args.max_user_interactions, "layout": args.layout,
+              "sequence_length": sequences.history_length if sequences else None,
               "max_chunks_per_user": args.max_chunks_per_user,
               "item_features": not args.no_item_features,
               # oneDNN is chosen when TensorFlow starts (TF_ENABLE_ONEDNN_OPTS; on by default on
@@ -426,7 +444,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                 r = run_one(spec, seed, root, data, train_config, example_spec,
                             os.path.join(args.checkpoint_dir, protocol)
                             if args.checkpoint_dir else None,
-                            use_item_features=not args.no_item_features)
+                            use_item_features=not args.no_item_features,
+                            window=WindowConfig(example_spec))
                 results.append(r)
                 print(f"[{protocol}] {r['label']} seed {seed}: recall@20 "
                       f"{r['metrics']['recall@20']:.4f} mrr@20 {r['metrics']['mrr@20']:.4f} "

@@ -11,9 +11,13 @@
 The examples artifact of ``PreprocessLogs`` provides the windows (``fn_args.train_files`` /
 ``eval_files``), the item vocabulary, item features and the example shapes (``stats.json``).
 When it also holds sequence chunks (``Split-train_sequences``, ``t2diff run --sequence-length
-L``), a model that learns from every position (``model.trains_on_sequences``: SASRec, GRU4Rec,
-Mamba4Rec, STOSA, ...) trains on them instead of the training windows; the others keep the
-windows. ``training.json`` records which layout was used.
+L``), every model learns from every training interaction: a model that reads whole sequences
+(``model.trains_on_sequences``: SASRec, GRU4Rec, Mamba4Rec, STOSA, ...) trains on the chunks;
+a per-target model (T2Diff, its ablations, the two-towers) trains on one window per labelled
+chunk position, built in the input pipeline (``t2diff_tf.sequence_windows``) with the window
+shape and session rule the preprocessing used. Without chunks every model trains on the
+training windows (capped per user by ``--max-train-windows-per-user``: the paper's protocol).
+``training.json`` records which layout was used.
 
 * Warm start: when the Trainer has a ``base_model`` (the pipeline's ``--warm-start`` wires the
   latest blessed model of the pipeline into it), training starts from that model's weights, item
@@ -52,7 +56,12 @@ from components.preprocessing.vocabulary import ItemFeatures, Vocabulary
 from t2diff_tf.models.registry import build_model
 from t2diff_tf.progress import TrainingProgress, verbose_requested
 from t2diff_tf.serving.signatures import UserTowerModule
-from t2diff_tf.training import TrainConfig, fit, make_strategy, read_examples, read_sequences
+from t2diff_tf.training import (TrainConfig, fit, make_strategy, read_examples,
+                                read_sequence_windows, read_sequences)
+
+# Training layouts (``training.json``): the capped windows, whole chunks, a window per chunk
+# position.
+WINDOWS, SEQUENCES, SEQUENCE_WINDOWS = "windows", "sequences", "sequence_windows"
 
 
 def examples_root(file_pattern: str) -> str:
@@ -67,8 +76,10 @@ def steps_per_epoch(examples_uri: str, layout: str, train_config: TrainConfig):
     if not tf.io.gfile.exists(stats_path):
         return None
     with tf.io.gfile.GFile(stats_path) as f:
-        examples = json.load(f).get("examples", {})
-    count = examples.get(TRAIN_SEQUENCES if layout == "sequences" else "train")
+        stats = json.load(f)
+    examples = stats.get("examples", {})
+    count = {SEQUENCES: examples.get(TRAIN_SEQUENCES), WINDOWS: examples.get("train"),
+             SEQUENCE_WINDOWS: stats.get("sequence_labels")}[layout]
     if not count:
         return None
     steps = -(-int(count) // train_config.batch_size)
@@ -111,12 +122,17 @@ def run_fn(fn_args) -> None:
                            item_features=item_features.matrix if item_features.names else None,
                            item_frequencies=vocabulary.frequencies(), example_spec=spec)
 
-    layout = "windows"
+    layout = WINDOWS
+    chunks = os.path.join(split_dir(root, TRAIN_SEQUENCES), "*")
     if written.sequences is not None and build().trains_on_sequences:
-        layout = "sequences"
-        train = read_sequences(os.path.join(split_dir(root, TRAIN_SEQUENCES), "*"),
-                               written.sequences, train_config.batch_size,
+        layout = SEQUENCES
+        train = read_sequences(chunks, written.sequences, train_config.batch_size,
                                train_config.shuffle_buffer, train_config.seed)
+    elif written.sequences is not None:
+        layout = SEQUENCE_WINDOWS
+        train = read_sequence_windows(chunks, written.sequences, written.window.sequence_windows(),
+                                      train_config.batch_size, train_config.shuffle_buffer,
+                                      train_config.seed)
     else:
         train = read_examples(fn_args.train_files, spec, train_config.batch_size,
                               train_config.shuffle_buffer, train_config.seed)

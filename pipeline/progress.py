@@ -135,6 +135,8 @@ def _model(artifact: OutputArtifact) -> Optional[str]:
     text = f"{training.get('model', 'model')}, {epochs} epoch{'s' if epochs != 1 else ''}"
     if training.get("layout") == "sequences":
         text += " on sequence chunks"
+    elif training.get("layout") == "sequence_windows":
+        text += " on every chunk position"
     values = history.get(metric) or []
     if values:
         best = max(range(len(values)), key=values.__getitem__)

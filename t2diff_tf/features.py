@@ -192,4 +192,19 @@ def time_lag_bucket(gap: float, num_buckets: int) -> int:
     """
     if gap < 0:
         raise ValueError(f"time gap must be >= 0, got {gap}")
-    return int(min(num_buckets - 1, 1 + math.floor(math.log2(1.0 + gap))))
+    # 1 + floor(log2(1 + g)) == bit_length(1 + floor(g)), exact at every size (a float log2
+    # rounds 2**k - 1 up to k from k = 49 on).
+    return int(min(num_buckets - 1, (1 + math.floor(gap)).bit_length()))
+
+
+def time_lag_buckets(gaps: tf.Tensor, num_buckets: int) -> tf.Tensor:
+    """:func:`time_lag_bucket` of every entry of an int tensor of gaps ``>= 0`` (any shape),
+    exact: ``floor(log2(1 + g))`` is computed in float64 and corrected by one where rounding
+    crossed a power of two."""
+    x = tf.cast(gaps, tf.int64) + 1
+    guess = tf.cast(tf.floor(tf.math.log(tf.cast(x, tf.float64)) / math.log(2.0)), tf.int64)
+    guess = tf.clip_by_value(guess, 0, 62)
+    one = tf.constant(1, tf.int64)
+    guess -= tf.cast(tf.bitwise.left_shift(one, guess) > x, tf.int64)
+    guess += tf.cast(tf.bitwise.left_shift(one, tf.minimum(guess + 1, 62)) <= x, tf.int64)
+    return tf.minimum(tf.cast(num_buckets - 1, tf.int64), 1 + guess)

@@ -12,7 +12,9 @@ validation split only.
 Training data comes in two layouts: windows (``read_examples`` / ``arrays_dataset``) and
 sequence chunks (``read_sequences`` / ``sequence_arrays_dataset``), which are batched by length
 (similar lengths together) and trimmed of the left padding every row of a batch shares, so a
-next-item model spends little on padding.
+next-item model spends little on padding. A per-target model reads the same chunks as one window
+per labelled position (``read_sequence_windows`` / ``sequence_windows_dataset``), so it learns
+from every training interaction too.
 
 With ``TrainConfig.checkpoint_dir`` training is resumable: the model and optimizer are
 checkpointed after every epoch (Keras ``BackupAndRestore``), and so are the selection state and
@@ -33,6 +35,7 @@ import tensorflow as tf
 
 from t2diff_tf import features as F
 from t2diff_tf import metrics as M
+from t2diff_tf.sequence_windows import SequenceWindowConfig, chunk_windows
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 
@@ -200,6 +203,45 @@ def sequence_arrays_dataset(arrays: Arrays, batch_size: int, shuffle_buffer: int
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return batch_sequences(dataset, batch_size, num_buckets,
                            int(arrays[F.SEQUENCE_ITEMS].shape[1]))
+
+
+def windows_from_chunks(chunks: tf.data.Dataset, config: SequenceWindowConfig,
+                        batch_size: int, shuffle_buffer: int = 0, seed: int = 0,
+                        chunks_per_step: int = 16) -> tf.data.Dataset:
+    """Unbatched chunk dicts -> batches of ``batch_size`` windows, one per labelled position
+    (:func:`t2diff_tf.sequence_windows.chunk_windows`): a per-target model then learns from
+    every training interaction once per pass. Windows are shuffled across chunks through a
+    ``shuffle_buffer`` of windows (0: chunk order)."""
+    names = (F.SEQUENCE_ITEMS, F.SEQUENCE_TIMESTAMPS, F.SEQUENCE_SESSIONS)
+    dataset = chunks.map(lambda c: {n: c[n] for n in names}).batch(chunks_per_step)
+    dataset = dataset.map(lambda c: chunk_windows(c, config),
+                          num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def read_sequence_windows(file_patterns: Union[str, Sequence[str]], spec: F.SequenceSpec,
+                          config: SequenceWindowConfig, batch_size: int,
+                          shuffle_buffer: int = 0, seed: int = 0) -> tf.data.Dataset:
+    """Gzipped sequence-chunk TFRecords -> batches of windows of every labelled position
+    (see :func:`windows_from_chunks`); chunks are shuffled too."""
+    dataset = _serialized_records(file_patterns, min(shuffle_buffer, 10_000), seed)
+    dataset = dataset.map(lambda s: spec.parse(s[None], with_user_id=False),
+                          num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    return windows_from_chunks(dataset, config, batch_size, shuffle_buffer, seed)
+
+
+def sequence_windows_dataset(arrays: Arrays, config: SequenceWindowConfig, batch_size: int,
+                             shuffle_buffer: int = 0, seed: int = 0) -> tf.data.Dataset:
+    """In-memory chunk arrays -> batches of windows of every labelled position (see
+    :func:`windows_from_chunks`); chunks are shuffled too."""
+    names = (F.SEQUENCE_ITEMS, F.SEQUENCE_TIMESTAMPS, F.SEQUENCE_SESSIONS)
+    dataset = tf.data.Dataset.from_tensor_slices({n: arrays[n] for n in names})
+    if shuffle_buffer:
+        dataset = dataset.shuffle(len(arrays[F.SEQUENCE_ITEMS]), seed=seed,
+                                  reshuffle_each_iteration=True)
+    return windows_from_chunks(dataset, config, batch_size, shuffle_buffer, seed)
 
 
 def _training_features(dataset: tf.data.Dataset) -> tf.data.Dataset:

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Optional
 
 from t2diff_tf.features import ExampleSpec
+from t2diff_tf.sequence_windows import SequenceWindowConfig
 
 LAST_K = "last_k"
 TIME_GAP = "time_gap"
@@ -47,6 +48,12 @@ class WindowConfig:
             raise ValueError(f"session_k must be >= 1, got {self.session_k}")
         if self.session_gap_seconds < 0:
             raise ValueError("session_gap_seconds must be >= 0")
+
+    def sequence_windows(self) -> SequenceWindowConfig:
+        """How a trainer rebuilds these windows from sequence chunks, at every position
+        (:func:`t2diff_tf.sequence_windows.chunk_windows`)."""
+        return SequenceWindowConfig.for_examples(
+            self.example, self.session_k if self.session_mode == LAST_K else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -153,7 +153,8 @@ def test_schema_mismatch_stops_the_run_and_pushes_nothing(tmp_path):
 
 def test_sequence_layout_trains_next_item_models_on_chunks(tmp_path):
     """With --sequence-length the examples hold the chunks too: SASRec trains on them, the
-    mean-pooled baseline keeps the windows, and statistics cover the window splits only."""
+    mean-pooled baseline on a window per chunk position, and statistics cover the window
+    splits only."""
     config = config_for(tmp_path, "--sequence-length", "20", "--model", "sasrec",
                         "--baseline-model", "mean_pool_two_tower",
                         "--model-config", '{"embedding_dim": 16, "tied_item_embeddings": true}')
@@ -168,7 +169,7 @@ def test_sequence_layout_trains_next_item_models_on_chunks(tmp_path):
     layouts = {name: json.load(open(one(f"{root}/{name}/model/*/Format-Serving/assets.extra/"
                                         "training.json")))["layout"]
                for name in ("Trainer", "BaselineTrainer")}
-    assert layouts == {"Trainer": "sequences", "BaselineTrainer": "windows"}
+    assert layouts == {"Trainer": "sequences", "BaselineTrainer": "sequence_windows"}
     # Checkpoints are kept only while a Trainer runs.
     assert not glob.glob(f"{root}/checkpoints/*")
     report = json.load(open(one(f"{root}/RetrievalEvaluator/evaluation/*/metrics.json")))

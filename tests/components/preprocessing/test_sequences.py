@@ -149,3 +149,38 @@ def test_no_validation_or_test_target_is_a_training_label_on_all_of_ml1m(ml1m_di
         assert items[-1] not in inputs or items.count(items[-1]) > 1
         total += len(labels)
     assert total == sum(len(items) - 3 for items, _ in sequences.values())
+
+
+@pytest.mark.parametrize("mode, with_time", [("last_k", False), ("last_k", True),
+                                             (TIME_GAP, True)])
+def test_chunk_windows_equal_the_windows_preprocessing_writes(mode, with_time):
+    """The trainer's windows of every chunk position are the preprocessing's own windows
+    (``make_window``) wherever the chunk holds the window's whole history."""
+    from components.preprocessing.windows import make_window
+    from t2diff_tf.sequence_windows import chunk_windows
+
+    window = WindowConfig(ExampleSpec(history_length=6, num_time_lag_buckets=12),
+                          session_mode=mode, session_k=3, session_gap_seconds=100)
+    spec = SequenceSpec(history_length=9)
+    rng = np.random.default_rng(3)
+    compared = 0
+    for user in range(30):
+        n = int(rng.integers(3, 40))
+        items = [int(i) for i in rng.integers(1, 20, size=n)]
+        times = (np.cumsum(rng.choice([0, 5, 60, 500, 10 ** 6], size=n)).tolist()
+                 if with_time else None)
+        chunks = list(user_chunks(str(user), items, times, window, LOO, spec))
+        batch = {name: tf.constant([c[name] for c in chunks], tf.int64)
+                 for name in F.CHUNK_FEATURES}
+        got = chunk_windows(batch, window.sequence_windows())
+        row = 0
+        for chunk, bounds in zip(chunks, chunk_bounds(n - 2, spec)):
+            for p in list(bounds)[1:]:
+                if bounds.start == 0 or p - bounds.start >= 6:
+                    expected = make_window(str(user), items, times, p, window)
+                    for name in F.QUERY_FEATURES + (F.TARGET,):
+                        np.testing.assert_array_equal(got[name][row], expected[name], name)
+                    compared += 1
+                row += 1
+        assert row == len(got[F.TARGET])
+    assert compared > 300
