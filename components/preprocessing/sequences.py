@@ -98,12 +98,5 @@ def chunk_labels(chunk: Chunk) -> List[int]:
 
 def to_example(chunk: Chunk) -> tf.train.Example:
     """A chunk as a ``tf.train.Example``."""
-
-    def ints(values):
-        values = values if isinstance(values, list) else [values]
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-    feature = {name: ints(chunk[name]) for name in F.CHUNK_FEATURES + (F.SEQUENCE_LENGTH,)}
-    feature[F.USER_ID] = tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[str(chunk[F.USER_ID]).encode()]))
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+    return F.int64_example({name: chunk[name] for name in F.CHUNK_FEATURES + (F.SEQUENCE_LENGTH,)},
+                           chunk[F.USER_ID])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from components.preprocessing.config import (LAST_K, LEAVE_ONE_OUT, TEST, TRAIN, VALIDATION,
@@ -120,26 +121,66 @@ def target_positions(user: str, n: int, protocol: ProtocolConfig) -> List[Tuple[
     return [(TRAIN, p) for p in train]
 
 
+def time_lag_buckets(gaps: np.ndarray, num_buckets: int) -> np.ndarray:
+    """:func:`t2diff_tf.features.time_lag_bucket` of an int array of gaps ``>= 0``, exact below
+    ``2**53``: ``frexp`` returns the bit length of ``1 + g`` as the exponent."""
+    return np.minimum(num_buckets - 1, np.frexp((gaps + 1).astype(np.float64))[1])
+
+
 def user_windows(user: str, items: Sequence[int], timestamps: Optional[Sequence[int]],
                  window: WindowConfig, protocol: ProtocolConfig
                  ) -> Iterator[Tuple[str, Window]]:
-    """Every ``(split, window)`` of one user under ``protocol``."""
-    sessions = None
-    if window.session_mode != LAST_K:
-        sessions = session_ids(timestamps, window, len(items))
-    for split, pos in target_positions(user, len(items), protocol):
-        yield split, make_window(user, items, timestamps, pos, window, sessions)
+    """Every ``(split, window)`` of one user under ``protocol``: :func:`make_window` of each
+    target position, computed for all of them at once with numpy (the preprocessing's hot
+    loop: a Python loop per window position costs about 4x more; a test checks that the two
+    agree)."""
+    targets = target_positions(user, len(items), protocol)
+    if not targets:
+        return
+    L = window.example.history_length
+    positions = np.fromiter((p for _, p in targets), np.int64, len(targets))
+    index = positions[:, None] + np.arange(-L, 0)                    # [P, L] behaviour indices
+    valid = index >= 0
+    safe = np.where(valid, index, 0)
+    ids = np.asarray(items, np.int64)
+    history = np.where(valid, ids[safe], F.PADDING_ID)
+
+    if window.session_mode == LAST_K:
+        back = (positions[:, None] - 1 - index) // window.session_k
+    else:
+        numbers = np.asarray(session_ids(timestamps, window, len(items)), np.int64)
+        back = numbers[positions - 1][:, None] - numbers[safe]
+    session = np.where(valid, back, F.PADDING_SESSION)
+    session_length = (session == 0).sum(axis=1)
+
+    if timestamps is not None:
+        times = np.asarray(timestamps, np.int64)
+        gaps = times[positions][:, None] - times[safe]
+        target_times = times[positions]
+    else:
+        gaps = positions[:, None] - index
+        target_times = np.zeros_like(positions)
+    if np.any(gaps[valid] < 0):
+        raise ValueError(f"time gap must be >= 0, got {int(gaps[valid].min())} "
+                         f"(user {user}'s behaviours are not in time order)")
+    lags = np.where(valid, time_lag_buckets(np.maximum(gaps, 0), window.example.num_time_lag_buckets),
+                    0)
+
+    history, lags, session = history.tolist(), lags.tolist(), session.tolist()
+    session_length, target_times = session_length.tolist(), target_times.tolist()
+    for row, (split, pos) in enumerate(targets):
+        yield split, {
+            F.USER_ID: user,
+            F.HISTORY: history[row],
+            F.HISTORY_TIME_LAG: lags[row],
+            F.HISTORY_SESSION: session[row],
+            F.SESSION_LENGTH: session_length[row],
+            F.TARGET: int(items[pos]),
+            F.TARGET_TIMESTAMP: target_times[row],
+        }
 
 
 def to_example(window: Window) -> tf.train.Example:
     """A window as a ``tf.train.Example``."""
-
-    def ints(values):
-        values = values if isinstance(values, list) else [values]
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-    feature = {name: ints(window[name])
-               for name in F.SEQUENCE_FEATURES + F.SCALAR_FEATURES}
-    feature[F.USER_ID] = tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[str(window[F.USER_ID]).encode()]))
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+    return F.int64_example({name: window[name] for name in F.SEQUENCE_FEATURES + F.SCALAR_FEATURES},
+                           window[F.USER_ID])

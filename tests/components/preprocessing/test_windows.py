@@ -104,3 +104,32 @@ def test_example_round_trip_through_the_feature_spec():
     np.testing.assert_array_equal(parsed[F.HISTORY].numpy()[0], w[F.HISTORY])
     np.testing.assert_array_equal(parsed[F.HISTORY_SESSION].numpy()[0], w[F.HISTORY_SESSION])
     assert parsed[F.TARGET].numpy()[0] == 8
+
+
+@pytest.mark.parametrize("mode, with_time, protocol", [
+    ("last_k", False, ProtocolConfig()),
+    ("last_k", True, ProtocolConfig(max_train_windows_per_user=3)),
+    (TIME_GAP, True, ProtocolConfig()),
+    (TIME_GAP, True, ProtocolConfig(name=USER_HOLDOUT, max_train_windows_per_user=None,
+                                    min_target_position=4)),
+])
+def test_user_windows_at_once_equal_make_window_one_at_a_time(mode, with_time, protocol):
+    """The vectorised windows are the reference ``make_window``'s, field for field."""
+    window = WindowConfig(ExampleSpec(history_length=7, num_time_lag_buckets=40),
+                          session_mode=mode, session_k=3, session_gap_seconds=100)
+    rng = np.random.default_rng(4)
+    for user in range(40):
+        n = int(rng.integers(2, 30))
+        items = [int(i) for i in rng.integers(1, 30, size=n)]
+        # Gaps from 0 to past 2**49 (where a float log2 of 2**k - 1 rounds up).
+        times = (np.cumsum(rng.choice([0, 1, 7, 100, 101, 2 ** 49 - 2], size=n)).tolist()
+                 if with_time else None)
+        got = list(user_windows(str(user), items, times, window, protocol))
+        expected = [(split, make_window(str(user), items, times, pos, window))
+                    for split, pos in target_positions(str(user), n, protocol)]
+        assert got == expected
+
+
+def test_user_windows_refuse_behaviours_out_of_time_order():
+    with pytest.raises(ValueError, match="time order"):
+        list(user_windows("u", [1, 2, 3, 4], [10, 5, 20, 30], WIN, ProtocolConfig()))

@@ -1,0 +1,27 @@
+"""The example contract's writer: bytes and parse round trip."""
+
+import numpy as np
+import tensorflow as tf
+
+from t2diff_tf import features as F
+
+
+def _reference(values, user_id):
+    feature = {name: tf.train.Feature(int64_list=tf.train.Int64List(
+        value=list(np.atleast_1d(v)))) for name, v in values.items()}
+    feature[F.USER_ID] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[user_id.encode()]))
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def test_int64_example_writes_the_bytes_of_one_feature_per_list():
+    values = {F.HISTORY: [0, 0, 5, 2 ** 40], F.HISTORY_TIME_LAG: [0, 0, 3, 31],
+              F.HISTORY_SESSION: [-1, -1, 1, 0], F.SESSION_LENGTH: 1, F.TARGET: np.int64(7),
+              F.TARGET_TIMESTAMP: 0}
+    got = F.int64_example(values, "user-ü").SerializeToString(deterministic=True)
+    assert got == _reference(values, "user-ü").SerializeToString(deterministic=True)
+    parsed = F.ExampleSpec(history_length=4).parse(tf.constant([got]))
+    np.testing.assert_array_equal(parsed[F.HISTORY_SESSION][0], [-1, -1, 1, 0])
+    assert parsed[F.USER_ID][0].numpy().decode() == "user-ü"
+    # numpy rows are lists too.
+    values[F.HISTORY] = np.array(values[F.HISTORY])
+    assert F.int64_example(values, "user-ü").SerializeToString(deterministic=True) == got
