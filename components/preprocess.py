@@ -15,7 +15,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
-from components.preprocessing.config import SPLITS, TRAIN_SEQUENCES
+from components.preprocessing.config import SERVING, SPLITS, TRAIN_SEQUENCES
 from components.preprocessing.schema import read_schema, validate_examples
 from components.preprocessing.sources import SourceConfig
 from components.preprocessing.transforms import PreprocessConfig, run_preprocessing, split_dir
@@ -52,7 +52,8 @@ def PreprocessLogs(
     """Reads a log and writes window examples per split.
 
     Args:
-      examples: the output; its ``split_names`` are train, validation, test.
+      examples: the output; its ``split_names`` are train, validation, test, serving (and
+        train_sequences with chunks).
       source: ``SourceConfig`` as JSON (``SourceConfig(...).to_json()``).
       preprocess_config: ``PreprocessConfig.to_json()`` as a JSON string.
       schema_path: optional schema the examples must follow (else only the generated one).
@@ -65,7 +66,9 @@ def PreprocessLogs(
         check_against_schema(examples.uri, schema_path)
     # The sequence chunks (when asked for) are a split of their own, for the Trainer only:
     # the pipeline keeps them out of StatisticsGen (their features are not the windows').
-    splits = list(SPLITS) + ([TRAIN_SEQUENCES] if config.sequences is not None else [])
+    # So are the serving windows (no target), for batch candidates.
+    splits = (list(SPLITS) + ([TRAIN_SEQUENCES] if config.sequences is not None else [])
+              + ([SERVING] if config.serving_windows else []))
     examples.split_names = artifact_utils.encode_split_names(splits)
     examples.set_string_custom_property("file_format", "tfrecords_gzip")
     examples.set_string_custom_property("payload_format", "FORMAT_TF_EXAMPLE")

@@ -5,7 +5,7 @@
     t2diff preprocess --source sequences --input ../shared/data/ml-1m/sequences.txt.gz \\
         --movies ../shared/data/ml-1m/movies.dat --max-train-windows-per-user 50 \\
         --output outputs/ml1m
-    t2diff candidates --bundle outputs/demo/serving --examples '<examples>/Split-test/*' \\
+    t2diff candidates --bundle outputs/demo/serving --examples '<examples>/Split-serving/*' \\
         --output candidates.parquet --top-k 100 --index scann   # nightly batch top-K
 
 Run ``t2diff <command> --help`` for every option.
@@ -116,6 +116,9 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
                         "for models that learn from every position; 200 is SASRec's usual L")
     g.add_argument("--max-chunks-per-user", type=int, default=None,
                    help="with --sequence-length: keep each user's latest chunks only")
+    g.add_argument("--no-serving-windows", action="store_true",
+                   help="do not write Split-serving (one window per user ending at the latest "
+                        "behaviour, the input of `t2diff candidates`)")
     g.add_argument("--num-shards", type=int, default=1,
                    help="TFRecord shards per split (0: the runner decides)")
     g.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
@@ -151,7 +154,8 @@ def preprocess_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         max_user_interactions=args.max_user_interactions,
         max_rejected_fraction=args.max_rejected_fraction, num_shards=args.num_shards,
         sequences=(SequenceSpec(args.sequence_length, args.max_chunks_per_user)
-                   if args.sequence_length else None))
+                   if args.sequence_length else None),
+        serving_windows=not args.no_serving_windows)
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -323,8 +327,8 @@ def add_candidates_arguments(parser: argparse.ArgumentParser) -> None:
                              "destination (its latest version); it may have been copied anywhere")
     parser.add_argument("--examples", required=True, nargs="+", metavar="PATTERN",
                         help="tf.Example window files or globs (gzip or not), e.g. "
-                             "'<examples>/Split-test/*': one row per user, on the user's latest "
-                             "window")
+                             "'<examples>/Split-serving/*' (each user's window after the latest "
+                             "behaviour): one row per user, on the user's latest window")
     parser.add_argument("--output", required=True,
                         help="candidates file: .parquet, .tfrecord or .tfrecord.gz (columns "
                              "user_id, item_ids, scores, model_version); a .summary.json and a "

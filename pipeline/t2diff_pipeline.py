@@ -14,7 +14,7 @@ from typing import List, Optional
 from tfx import v1 as tfx
 
 from components.evaluator import RetrievalEvaluator
-from components.preprocessing.config import TRAIN_SEQUENCES
+from components.preprocessing.config import SERVING, TRAIN_SEQUENCES
 from components.preprocess import PreprocessLogs
 from components.pusher import RetrievalPusher
 from pipeline.configs import REPO_ROOT, PipelineConfig
@@ -36,10 +36,11 @@ def create_pipeline(config: PipelineConfig,
         preprocess_config=json.dumps(config.preprocess.to_json()),
         schema_path=config.schema_path or "").with_id("PreprocessLogs")
     examples = preprocess.outputs["examples"]
-    # Statistics, schema and validation are of the window splits; the sequence chunks follow
-    # their own schema (schemas/sequence_example.pbtxt), checked where they are written.
+    # Statistics, schema and validation are of the window splits; the sequence chunks and the
+    # serving windows (no target) follow their own schemas (schemas/sequence_example.pbtxt,
+    # serving_window.pbtxt), checked where they are written.
     statistics = tfx.components.StatisticsGen(examples=examples,
-                                              exclude_splits=[TRAIN_SEQUENCES])
+                                              exclude_splits=[TRAIN_SEQUENCES, SERVING])
     schema = tfx.components.SchemaGen(statistics=statistics.outputs["statistics"],
                                       infer_feature_shape=True)
     validator = tfx.components.ExampleValidator(statistics=statistics.outputs["statistics"],

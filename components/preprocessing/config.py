@@ -20,6 +20,9 @@ TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)
 # The training data as sequence chunks (written beside the windows when asked for).
 TRAIN_SEQUENCES = "train_sequences"
+# One window per user that ends at the user's latest behaviour, with no target: what serving
+# and nightly batch candidates embed (``windows.serving_window``).
+SERVING = "serving"
 
 
 @dataclasses.dataclass(frozen=True)

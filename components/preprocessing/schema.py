@@ -1,5 +1,6 @@
-"""The ``tensorflow_metadata`` schemas of the examples: windows (``schemas/window_example.pbtxt``)
-and training sequence chunks (``schemas/sequence_example.pbtxt``)."""
+"""The ``tensorflow_metadata`` schemas of the examples: windows (``schemas/window_example.pbtxt``),
+serving windows (``schemas/serving_window.pbtxt``) and training sequence chunks
+(``schemas/sequence_example.pbtxt``)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,29 @@ def window_schema(spec: ExampleSpec, num_items: Optional[int] = None) -> schema_
     add(F.SESSION_LENGTH, schema_pb2.INT, 0, 0, L, "length of the most recent session")
     add(F.TARGET, schema_pb2.INT, 0, 1, max_item, "the next item id")
     add(F.TARGET_TIMESTAMP, schema_pb2.INT, 0, 0, None, "seconds since the epoch; 0 = unknown")
+    return schema
+
+
+def serving_window_schema(spec: ExampleSpec, num_items: Optional[int] = None
+                          ) -> schema_pb2.Schema:
+    """Schema of one serving window (``Split-serving``): a window's query features, ending at
+    the user's latest behaviour, with no ``target``; ``target_timestamp`` is the time the lags
+    are measured to."""
+    schema = window_schema(spec, num_items)
+    kept = [f for f in schema.feature if f.name != F.TARGET]
+    del schema.feature[:]
+    schema.feature.extend(kept)
+    for feature in schema.feature:
+        if feature.name == F.HISTORY_TIME_LAG:
+            feature.annotation.tag[:] = [
+                "log2 bucket of the gap to the latest behaviour (seconds; steps to the next "
+                "position without time); 0 = padding"]
+        elif feature.name == F.HISTORY_SESSION:
+            feature.annotation.tag[:] = ["session index counted back from the latest "
+                                         "behaviour's; -1 = padding"]
+        elif feature.name == F.TARGET_TIMESTAMP:
+            feature.annotation.tag[:] = ["the latest behaviour's time, seconds since the "
+                                         "epoch; 0 = unknown"]
     return schema
 
 
@@ -105,7 +129,7 @@ def read_schema(path: str) -> schema_pb2.Schema:
         return text_format.Parse(f.read(), schema_pb2.Schema())
 
 
-if __name__ == "__main__":  # Regenerates schemas/window_example.pbtxt and sequence_example.pbtxt.
+if __name__ == "__main__":  # Regenerates the three files in schemas/.
     import os
 
     folder = os.path.join(os.path.dirname(__file__), "..", "..", "schemas")
@@ -113,6 +137,11 @@ if __name__ == "__main__":  # Regenerates schemas/window_example.pbtxt and seque
         f.write("# Schema of the window examples (t2diff_tf/features.py) with the default "
                 "ExampleSpec\n# (history_length=50, 32 time-lag buckets). Regenerate: python -m "
                 "components.preprocessing.schema\n" + schema_text(window_schema(ExampleSpec())))
+    with open(os.path.join(folder, "serving_window.pbtxt"), "w") as f:
+        f.write("# Schema of the serving windows (Split-serving; components/preprocessing/"
+                "windows.py serving_window)\n# with the default ExampleSpec. Regenerate: python "
+                "-m components.preprocessing.schema\n"
+                + schema_text(serving_window_schema(ExampleSpec())))
     with open(os.path.join(folder, "sequence_example.pbtxt"), "w") as f:
         f.write("# Schema of the training sequence chunks (t2diff_tf/features.py, SequenceSpec) "
                 "with the default\n# history_length=200 (chunks of 201 items). Regenerate: "

@@ -34,18 +34,22 @@ import tensorflow as tf
 
 from components.beam_errors import one_line, quiet_beam_errors
 from components.preprocessing import kcore, readers
-from components.preprocessing.config import SPLITS, TRAIN_SEQUENCES, ProtocolConfig, WindowConfig
+from components.preprocessing.config import (SERVING, SPLITS, TRAIN_SEQUENCES, ProtocolConfig,
+                                             WindowConfig)
 from components.preprocessing.records import DeadLetter, Event, InputError
 from components.preprocessing import sequences as chunks
-from components.preprocessing.schema import schema_text, sequence_schema, window_schema
+from components.preprocessing.schema import (schema_text, sequence_schema,
+                                             serving_window_schema, window_schema)
 from components.preprocessing.vocabulary import (ITEM_FEATURES_FILE, VOCABULARY_FILE, ItemFeatures,
                                                  Vocabulary)
-from components.preprocessing.windows import to_example, user_windows
+from components.preprocessing.windows import (serving_example, serving_window, to_example,
+                                              user_windows)
 from t2diff_tf.features import ExampleSpec, SequenceSpec
 
 STATS_FILE = "stats.json"
 SCHEMA_FILE = "schema.pbtxt"
 SEQUENCE_SCHEMA_FILE = "sequence_schema.pbtxt"
+SERVING_SCHEMA_FILE = "serving_schema.pbtxt"
 DEAD_LETTER_DIR = "dead_letter"
 FILTERED_USER_TOO_SHORT = "user_below_min_interactions"
 FILTERED_BEYOND_USER_CAP = "beyond_max_user_interactions"
@@ -86,6 +90,9 @@ class PreprocessConfig:
       sequences: also write the training data as sequence chunks (``Split-train_sequences``,
         one example per chunk of up to ``L + 1`` items, every training interaction a label
         once) for models that learn from every position; ``None``: windows only.
+      serving_windows: also write ``Split-serving``: one window per kept user ending at the
+        user's latest behaviour, without a target (``windows.serving_window``), the input of
+        nightly batch candidates; never read by training or evaluation.
     """
 
     window: WindowConfig = WindowConfig()
@@ -97,6 +104,7 @@ class PreprocessConfig:
     max_rejected_fraction: float = 0.1
     num_shards: int = 1
     sequences: Optional[SequenceSpec] = None
+    serving_windows: bool = True
 
     def __post_init__(self):
         if self.min_item_interactions < 0 or self.kcore_max_rounds < 1:
@@ -168,11 +176,13 @@ class _FilterUsers(beam.DoFn):
 
 
 class _MakeWindows(beam.DoFn):
-    """Kept user sequence -> serialized tf.Examples tagged by split."""
+    """Kept user sequence -> serialized tf.Examples tagged by split (and the user's serving
+    window, tagged ``serving``, when asked for)."""
 
-    def __init__(self, window: WindowConfig, protocol: ProtocolConfig):
+    def __init__(self, window: WindowConfig, protocol: ProtocolConfig, serving: bool = False):
         self._window = window
         self._protocol = protocol
+        self._serving = serving
 
     def process(self, sequence, lookup: Dict[str, int]):
         user, items, timestamps = sequence
@@ -182,6 +192,10 @@ class _MakeWindows(beam.DoFn):
             # bytes (the default follows the map's hash order, which differs between processes).
             yield beam.pvalue.TaggedOutput(
                 split, to_example(w).SerializeToString(deterministic=True))
+        if self._serving:
+            yield beam.pvalue.TaggedOutput(SERVING, serving_example(
+                serving_window(user, ids, timestamps, self._window)).SerializeToString(
+                deterministic=True))
 
 
 class _MakeChunks(beam.DoFn):
@@ -320,10 +334,11 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
              v=beam.pvalue.AsSingleton(vocabulary), g=beam.pvalue.AsSingleton(genres)))
 
     windows = kept | "Windows" >> beam.ParDo(
-        _MakeWindows(config.window, config.protocol),
-        lookup=beam.pvalue.AsSingleton(lookup)).with_outputs(*SPLITS)
+        _MakeWindows(config.window, config.protocol, config.serving_windows),
+        lookup=beam.pvalue.AsSingleton(lookup)).with_outputs(*SPLITS, SERVING)
     shards = config.num_shards
-    for split in SPLITS:
+    window_splits = SPLITS + ((SERVING,) if config.serving_windows else ())
+    for split in window_splits:
         _ = windows[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
             os.path.join(split_dir(output_dir, split), "data_tfrecord"),
             file_name_suffix=".gz", num_shards=shards)
@@ -363,7 +378,7 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
             lambda s: [("kept", len(s[1])), ("users_kept", 1)]),
         vocabulary | "ItemsCounter" >> beam.Map(lambda v: ("items", v.size)),
     ] + [windows[split] | f"{split.title()}Counter" >> beam.Map(lambda _, s=split: (f"examples.{s}", 1))
-         for split in SPLITS] + sequence_counters + kcore_counters
+         for split in window_splits] + sequence_counters + kcore_counters
     _ = (counters
          | "FlattenCounters" >> beam.Flatten()
          | "SumCounters" >> beam.CombinePerKey(sum)
@@ -386,7 +401,7 @@ def _nest(counters: Dict[str, int]) -> dict:
 
 # What a run writes at the top of its output directory (besides ``Split-*`` and dead letters).
 _OUTPUT_FILES = (VOCABULARY_FILE, ITEM_FEATURES_FILE, SCHEMA_FILE, SEQUENCE_SCHEMA_FILE,
-                 STATS_FILE, "counters.json")
+                 SERVING_SCHEMA_FILE, STATS_FILE, "counters.json")
 
 
 def _remove_outputs(output_dir: str, created: bool, keep_dead_letters: bool) -> None:
@@ -520,6 +535,10 @@ def _collect_stats(source: beam.PTransform, output_dir: str, config: PreprocessC
     num_items = stats["items"]
     _write_text(os.path.join(output_dir, SCHEMA_FILE),
                 schema_text(window_schema(config.window.example, num_items or None)))
+    if config.serving_windows:
+        stats["examples"].setdefault(SERVING, 0)
+        _write_text(os.path.join(output_dir, SERVING_SCHEMA_FILE),
+                    schema_text(serving_window_schema(config.window.example, num_items or None)))
     if config.sequences is not None:
         stats["examples"].setdefault(TRAIN_SEQUENCES, 0)
         stats.setdefault("sequence_labels", 0)

@@ -26,9 +26,11 @@ preprocessing writes per split; gzip or not): ``user_id`` and the ``QUERY_FEATUR
 (``history``, ``history_time_lag``, ``history_session`` ``[L]``, ``session_length``); ``target``
 is not read, ``target_timestamp`` is optional. A user with several windows is scored once, on
 the window with the latest ``target_timestamp`` (then the longer history, then the one read last,
-files in sorted order); the others are counted as ``superseded_by_later_window``. Under
-leave-one-out, ``Split-test`` holds one window per user: all of the user's history but the last
-item.
+files in sorted order); the others are counted as ``superseded_by_later_window``. The input
+nightly jobs want is the preprocessing's ``Split-serving``: one window per user that ends at the
+user's latest behaviour (no target), so the candidates are for the item after everything the log
+holds. (Under leave-one-out, ``Split-test`` also holds one window per user, but its history stops
+before the user's last item.)
 
 **Item ids.** The windows hold integer item ids of the vocabulary they were written with. When
 that vocabulary is found (``item_vocabulary.tsv`` in the examples' artifact directory, the parent

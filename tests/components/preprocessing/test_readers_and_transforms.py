@@ -279,6 +279,19 @@ def test_examples_validate_against_the_schema(tmp_path):
     for split in ("train", "validation", "test"):
         files = tf.io.gfile.glob(os.path.join(split_dir(out, split), "*.gz"))
         assert validate_examples(files, schema) == []
+    # The serving windows: one per user, ending at the user's latest item (the test target).
+    serving = tf.io.gfile.glob(os.path.join(split_dir(out, "serving"), "*.gz"))
+    assert validate_examples(serving, read_schema(os.path.join(out, "serving_schema.pbtxt"))) == []
+    assert validate_examples(serving, schema)  # no target: not a training window
+    spec = {name: tf.io.FixedLenFeature(shape, tf.int64) for name, shape in
+            ((F.HISTORY, [8]), (F.SESSION_LENGTH, []))}
+    spec[F.USER_ID] = tf.io.FixedLenFeature([], tf.string)
+    rows = [tf.io.parse_single_example(r, spec)
+            for r in tf.data.TFRecordDataset(serving, compression_type="GZIP")]
+    test = read_split(out, "test")
+    assert len(rows) == len(test[F.TARGET])
+    latest = {u: t for u, t in zip(test[F.USER_ID], test[F.TARGET])}
+    assert {r[F.USER_ID].numpy(): int(r[F.HISTORY][-1]) for r in rows} == latest
     files = tf.io.gfile.glob(os.path.join(split_dir(out, "test"), "*.gz"))
     # A schema with another history length, or a smaller item domain, flags the examples.
     assert validate_examples(files, window_schema(ExampleSpec(history_length=9)))
@@ -292,6 +305,9 @@ def test_checked_in_schema_is_the_default_rendering():
     path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "schemas",
                         "window_example.pbtxt")
     assert read_schema(path) == window_schema(ExampleSpec())
+    from components.preprocessing.schema import serving_window_schema
+    assert read_schema(path.replace("window_example", "serving_window")) == \
+        serving_window_schema(ExampleSpec())
 
 
 def test_leave_one_out_on_all_of_ml1m(tmp_path, ml1m_dir):

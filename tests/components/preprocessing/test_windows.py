@@ -133,3 +133,24 @@ def test_user_windows_at_once_equal_make_window_one_at_a_time(mode, with_time, p
 def test_user_windows_refuse_behaviours_out_of_time_order():
     with pytest.raises(ValueError, match="time order"):
         list(user_windows("u", [1, 2, 3, 4], [10, 5, 20, 30], WIN, ProtocolConfig()))
+
+
+@pytest.mark.parametrize("mode, with_time", [("last_k", False), ("last_k", True),
+                                             (TIME_GAP, True)])
+def test_serving_window_is_the_window_of_a_next_item_at_the_latest_time(mode, with_time):
+    """A serving window is ``make_window``'s window for an item appended after the latest one
+    (at the latest timestamp), without the target: the last behaviour is in the history."""
+    from components.preprocessing.windows import serving_window
+
+    window = WindowConfig(ExampleSpec(history_length=6), session_mode=mode, session_k=2,
+                          session_gap_seconds=100)
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 5, 6, 7, 20):
+        items = [int(i) for i in rng.integers(1, 30, size=n)]
+        times = np.cumsum(rng.choice([0, 50, 500], size=n)).tolist() if with_time else None
+        got = serving_window("u", items, times, window)
+        extended = make_window("u", items + [1], None if times is None else times + [times[-1]],
+                               n, window)
+        del extended[F.TARGET]
+        assert got == extended
+        assert got[F.HISTORY][-1] == items[-1]
