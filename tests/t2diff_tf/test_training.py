@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from components.preprocessing.inmemory import synthetic_arrays
 from components.preprocessing.synthetic import SyntheticConfig
@@ -18,7 +19,8 @@ from components.preprocessing.config import WindowConfig
 from t2diff_tf import features as F
 from t2diff_tf import metrics as M
 from t2diff_tf.models.registry import build_model
-from t2diff_tf.training import TrainConfig, arrays_dataset, fit, sequence_arrays_dataset
+from t2diff_tf.training import (TrainConfig, arrays_dataset, fit, sequence_arrays_dataset,
+                                sequence_windows_dataset)
 
 DATA = SyntheticConfig(num_users=200, num_items=120, num_clusters=8)
 
@@ -155,6 +157,39 @@ def test_sasrec_learns_from_sequence_chunks():
     assert history["loss"][-1] < history["loss"][0]
     assert len(history["train_seconds"]) == 5 and np.all(np.diff(history["train_seconds"]) > 0)
     assert max(history["val_recall@20"]) > popularity + 0.05
+
+
+def test_t2diff_learns_from_every_chunk_position():
+    """A per-target model on the sequence layout: one window per labelled chunk position, so an
+    epoch has as many examples as the uncapped window split, and the model learns."""
+    log = SyntheticConfig(num_users=150, num_items=80, num_clusters=8)
+    window = WindowConfig(F.ExampleSpec(history_length=12), session_k=4)
+    data = synthetic_arrays(log, window, sequences=F.SequenceSpec(history_length=30))
+    chunks = data.splits["train_sequences"]
+    labels = int(np.sum(np.maximum(np.count_nonzero(chunks[F.SEQUENCE_ITEMS], axis=1) - 1, 0)))
+    assert labels == len(data.splits["train"][F.TARGET])  # every training target, once
+    config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.005, verbose=0,
+                         early_stopping_patience=0)
+    train = sequence_windows_dataset(chunks, window.sequence_windows(), 64, 1000)
+    assert sum(int(b[F.TARGET].shape[0]) for b in train) == labels
+
+    class Batches(tf.keras.callbacks.Callback):
+        per_epoch = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.per_epoch.append(0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.per_epoch[-1] += 1
+
+    model, history = fit(
+        lambda: build_model("t2diff", {"embedding_dim": 8, "attention_units": [8],
+                                       "user_tower_units": [16], "item_tower_units": [16]},
+                            num_items=data.num_items, example_spec=window.example),
+        train, arrays_dataset(data.splits["validation"], 256), config, callbacks=[Batches()])
+    assert Batches.per_epoch == [-(-labels // 64)] * 2
+    assert history["tower_loss"][-1] < history["tower_loss"][0]
+    assert max(history["val_recall@20"]) > 20 / data.num_items + 0.1  # well above chance
 
 
 KILLED_RUN = textwrap.dedent("""

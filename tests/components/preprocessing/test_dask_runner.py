@@ -106,8 +106,10 @@ def test_dask_runner_matches_direct_runner_with_k_core_and_sequences(tmp_path, m
     log = str(tmp_path / "log.csv")
     write_small_log(log, users=300)
     monkeypatch.setattr(file_blocks, "BLOCK_BYTES", 40_000)
+    # 9 interactions per item: about a tenth of this log's items fall below it (at 3, none did
+    # and the k-core had nothing to do).
     config = PreprocessConfig(protocol=ProtocolConfig(max_train_windows_per_user=5),
-                              min_item_interactions=3, sequences=SequenceSpec(20))
+                              min_item_interactions=9, sequences=SequenceSpec(20))
     direct = run_both(tmp_path, log, config, partitions=4, label_column="label")
     assert direct["kcore"]["rounds_with_removals"] >= 1
 
