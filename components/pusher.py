@@ -24,7 +24,8 @@ from typing import List, Optional
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from components.evaluator import SavedRetrievalModel, example_spec, serving_dir
+from components.evaluator import SavedRetrievalModel, preprocess_config, serving_dir
+from components.preprocessing.config import LAST_K
 from components.preprocessing.vocabulary import ITEM_FEATURES_FILE, VOCABULARY_FILE
 
 Parameter = tfx.dsl.components.Parameter
@@ -214,14 +215,18 @@ def RetrievalPusher(
         version += 1
     source = push_source(model.uri, fingerprint, examples.uri, model_blessing.uri)
     features = os.path.join(examples.uri, ITEM_FEATURES_FILE)
-    spec = example_spec(examples.uri)
+    window = preprocess_config(examples.uri).window
+    spec = window.example
     result = export_for_serving(
         SavedRetrievalModel(serving_dir(model.uri)), spec,
         os.path.join(push_destination, str(version)),
         os.path.join(examples.uri, VOCABULARY_FILE), version=version, k=top_k, source=source,
         extra_files=(features,) if tf.io.gfile.exists(features) else (),
         probe_features=held_out_windows(examples.uri, spec),
-        min_scann_recall=min_scann_recall or None)
+        min_scann_recall=min_scann_recall or None,
+        session_rule=({"mode": window.session_mode, "k": window.session_k}
+                      if window.session_mode == LAST_K else
+                      {"mode": window.session_mode, "gap_seconds": window.session_gap_seconds}))
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_string_custom_property("pushed_destination", push_destination)
     pushed_model.set_int_custom_property("pushed_version", version)

@@ -42,7 +42,8 @@ from t2diff_tf.serving import signatures as S
 from t2diff_tf.serving.atomic import atomic_directory, check_destination
 from t2diff_tf.serving.brute_force import BruteForceIndex
 from t2diff_tf.serving.manifest import (BUNDLED_VOCABULARY, MANIFEST_FILE, ServingManifest,
-                                        file_sha256, write_manifest)
+                                        file_sha256, query_features_description,
+                                        write_manifest)
 from t2diff_tf.serving.model_server_config import ServedModel, write_model_server_config
 from t2diff_tf.serving.scann_index import (ScannConfig, build_pybind_index,
                                            build_scann_layer, recall_at_k)
@@ -178,7 +179,8 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
                        source: Optional[Mapping[str, Any]] = None,
                        extra_files: Tuple[str, ...] = (),
                        probe_features: Optional[Mapping[str, Any]] = None,
-                       min_scann_recall: Optional[float] = None) -> ExportResult:
+                       min_scann_recall: Optional[float] = None,
+                       session_rule: Optional[Mapping[str, Any]] = None) -> ExportResult:
     """Exports the user tower, an exact top-K model and a ScaNN index for serving.
 
     Args:
@@ -210,6 +212,8 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
         widened (twice the leaves searched and candidates rescored, up to
         ``SCANN_RETUNES`` times) and, still below, the export stops with
         :class:`ScannRecallError` and leaves nothing behind. ``None``: only a warning below 0.9.
+      session_rule: how the training windows cut sessions (e.g. ``{"mode": "last_k", "k":
+        10}``), recorded in the manifest's ``query_features`` for serving clients.
 
     The vocabulary is copied into the bundle as ``item_vocabulary.tsv`` and the manifest's
     ``vocabulary_path`` is relative to the bundle: a bundle moved to another directory or bucket
@@ -378,7 +382,10 @@ def export_for_serving(model: Any, spec: F.ExampleSpec, destination: str,
             exported_at=now.isoformat(timespec="seconds"),
             paths=dict(relative), served_models=served,
             signatures=signature_names, library_versions=library_versions(),
-            source=dict(source) if source is not None else None).normalized()
+            source=dict(source) if source is not None else None,
+            query_features=query_features_description(
+                spec.history_length, spec.num_time_lag_buckets,
+                dict(session_rule) if session_rule is not None else None)).normalized()
         write_manifest(os.path.join(workdir, MANIFEST_FILE), manifest)
 
     return ExportResult(

@@ -54,6 +54,9 @@ class ServingManifest:
       source: what the export was pushed from, when the caller says (the Pusher: the model's
         artifact and content fingerprint, the examples, the blessing metrics); a model whose
         fingerprint a bundle already records is not pushed again.
+      query_features: how a client builds the user tower's inputs from a user's behaviours
+        (:func:`query_features_description`): window length, time-lag buckets and, when the
+        caller knows it (the Pusher does), the session rule the model was trained with.
     """
 
     model_version: int
@@ -73,6 +76,7 @@ class ServingManifest:
     library_versions: Dict[str, str]
     format_version: int = FORMAT_VERSION
     source: Optional[Dict[str, Any]] = None
+    query_features: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,6 +88,29 @@ class ServingManifest:
     def normalized(self) -> "ServingManifest":
         """The manifest as it reads back from JSON (tuples become lists, keys strings)."""
         return ServingManifest.from_dict(json.loads(json.dumps(self.to_dict(), default=str)))
+
+
+def query_features_description(history_length: int, num_time_lag_buckets: int,
+                               session: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The recipe of the query features (``t2diff_tf.features``) for a serving client: a request
+    must build them exactly as the training windows were built, or the tower sees inputs it
+    never learned from."""
+    description: Dict[str, Any] = {
+        "history": f"the user's last {history_length} item ids (vocabulary int ids), oldest "
+                   f"first, left-padded with 0",
+        "history_length": history_length,
+        "history_time_lag": "per behaviour, min(num_time_lag_buckets - 1, 1 + floor(log2(1 + "
+                            "gap))) with gap the seconds from the behaviour to the request "
+                            "(steps to the next position when the training log had no time); "
+                            "0 on padding",
+        "num_time_lag_buckets": num_time_lag_buckets,
+        "history_session": "per behaviour, the session index counted back from the latest "
+                           "behaviour's session (0 = the most recent session); -1 on padding",
+        "session_length": "the number of behaviours with history_session == 0",
+    }
+    if session is not None:
+        description["session_rule"] = dict(session)
+    return description
 
 
 def write_manifest(path: str, manifest: ServingManifest) -> str:

@@ -84,6 +84,8 @@ def test_pipeline_end_to_end_then_cached(tmp_path):
     manifest_path = one(f"{config.serving_destination}/*/manifest.json")
     manifest = json.load(open(manifest_path))
     assert manifest["corpus_size"] == stats["items"] and manifest["embedding_dim"] == 16
+    # A serving client builds the query features with the training windows' rules.
+    assert manifest["query_features"]["session_rule"] == {"mode": "last_k", "k": 10}
     bundle = os.path.dirname(manifest_path)
     for name in ("user_tower", "top_k", "scann_top_k"):
         one(f"{bundle}/{name}/*/saved_model.pb")

@@ -204,6 +204,10 @@ def test_manifest_fields(exported):
     assert manifest.model_version == VERSION
     assert manifest.embedding_dim == 16 and manifest.corpus_size == NUM_ITEMS
     assert manifest.history_length == SPEC.history_length and manifest.k == K
+    query = manifest.query_features
+    assert query["history_length"] == SPEC.history_length
+    assert query["num_time_lag_buckets"] == SPEC.num_time_lag_buckets
+    assert "session_rule" not in query  # the caller did not say
     assert manifest.model_config["class"] == "MeanPoolTwoTower"
     scann = manifest.index["scann"]
     assert scann["mode"] == "tree_ah" and scann["num_leaves"] == 24
