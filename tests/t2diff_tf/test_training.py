@@ -162,8 +162,8 @@ def test_sasrec_learns_from_sequence_chunks():
 def test_t2diff_learns_from_every_chunk_position():
     """A per-target model on the sequence layout: one window per labelled chunk position, so an
     epoch has as many examples as the uncapped window split, and the model learns."""
-    log = SyntheticConfig(num_users=150, num_items=80, num_clusters=8)
-    window = WindowConfig(F.ExampleSpec(history_length=12), session_k=4)
+    log = SyntheticConfig(num_users=80, num_items=60, num_clusters=6)
+    window = WindowConfig(F.ExampleSpec(history_length=10), session_k=4)
     data = synthetic_arrays(log, window, sequences=F.SequenceSpec(history_length=30))
     chunks = data.splits["train_sequences"]
     labels = int(np.sum(np.maximum(np.count_nonzero(chunks[F.SEQUENCE_ITEMS], axis=1) - 1, 0)))
