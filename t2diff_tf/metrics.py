@@ -21,6 +21,7 @@ of users serves both, so the interval of the difference is not the (wider) pair 
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -169,6 +170,37 @@ def _batches(dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]], batch_si
     return dataset
 
 
+# One traced ranking function per model and exclusion mode, kept while the model lives: the
+# validation pass after every epoch reuses it instead of tracing the towers again (T2Diff's
+# reverse chain takes seconds to trace). The corpus is an argument, so new weights need no
+# retrace.
+_RANKERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _ranker(model, exclude_history: bool):
+    per_model = _RANKERS.setdefault(model, {})
+    if exclude_history not in per_model:
+        model_ref = weakref.ref(model)  # the function must not keep the model alive
+
+        @tf.function(reduce_retracing=True)
+        def rank_batch(features, corpus):
+            current = model_ref()
+            score_corpus = getattr(current, "score_corpus", None)
+            if score_corpus is not None:
+                scores = score_corpus(features)
+            else:
+                queries = current.query_embeddings(features, training=False)
+                scores = tf.matmul(queries, corpus, transpose_b=True)
+            exclude = None
+            if exclude_history:
+                exclude = (features[F.SEEN_ITEMS] if F.SEEN_ITEMS in features
+                           else features[F.HISTORY])
+            return target_ranks(scores, features[F.TARGET], exclude)
+
+        per_model[exclude_history] = rank_batch
+    return per_model[exclude_history]
+
+
 def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
              ks: Sequence[int] = DEFAULT_KS, exclude_history: bool = False,
              num_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
@@ -191,20 +223,9 @@ def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
       seed: bootstrap seed.
       batch_size: batch size when ``dataset`` is a dict of arrays.
     """
-    score_corpus = getattr(model, "score_corpus", None)
-    corpus = None if score_corpus is not None else tf.convert_to_tensor(model.corpus_embeddings())
-
-    @tf.function(reduce_retracing=True)
-    def rank_batch(features):
-        if score_corpus is not None:
-            scores = score_corpus(features)
-        else:
-            queries = model.query_embeddings(features, training=False)
-            scores = tf.matmul(queries, corpus, transpose_b=True)
-        exclude = None
-        if exclude_history:
-            exclude = features[F.SEEN_ITEMS] if F.SEEN_ITEMS in features else features[F.HISTORY]
-        return target_ranks(scores, features[F.TARGET], exclude)
+    rank_batch = _ranker(model, exclude_history)
+    corpus = (tf.zeros([0, 0]) if getattr(model, "score_corpus", None) is not None
+              else tf.convert_to_tensor(model.corpus_embeddings()))
 
     ranks, users = [], []
     for batch in _batches(dataset, batch_size):
@@ -212,7 +233,7 @@ def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
         if exclude_history and F.SEEN_ITEMS in batch:
             names += (F.SEEN_ITEMS,)
         query = {name: batch[name] for name in names}
-        ranks.append(rank_batch(query).numpy())
+        ranks.append(rank_batch(query, corpus).numpy())
         if F.USER_ID in batch:
             users.append(np.asarray(batch[F.USER_ID]))
     ranks = np.concatenate(ranks) if ranks else np.zeros([0], np.int32)
