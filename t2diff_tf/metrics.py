@@ -170,41 +170,40 @@ def _batches(dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]], batch_si
     return dataset
 
 
-# One traced ranking function per model and exclusion mode, kept while the model lives: the
-# validation pass after every epoch reuses it instead of tracing the towers again (T2Diff's
-# reverse chain takes seconds to trace). The corpus is an argument, so new weights need no
-# retrace.
-_RANKERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+def make_ranker(model, exclude_history: bool = False):
+    """A traced ``(features, corpus) -> [batch]`` target-rank function of ``model``.
 
+    :func:`evaluate` makes a fresh one per call, so a change of the model's Python settings (e.g.
+    T2Diff's sampler) is always traced anew; a caller that ranks the same model repeatedly with
+    only its weights changing (validation after every epoch) makes one and passes it as
+    ``ranker``: T2Diff's reverse chain then is traced once, not every epoch. The corpus is an
+    argument, so new weights need no retrace.
+    """
+    model_ref = weakref.ref(model)  # a cached ranker must not keep the model alive
 
-def _ranker(model, exclude_history: bool):
-    per_model = _RANKERS.setdefault(model, {})
-    if exclude_history not in per_model:
-        model_ref = weakref.ref(model)  # the function must not keep the model alive
+    @tf.function(reduce_retracing=True)
+    def rank_batch(features, corpus):
+        current = model_ref()
+        score_corpus = getattr(current, "score_corpus", None)
+        if score_corpus is not None:
+            scores = score_corpus(features)
+        else:
+            queries = current.query_embeddings(features, training=False)
+            scores = tf.matmul(queries, corpus, transpose_b=True)
+        exclude = None
+        if exclude_history:
+            exclude = (features[F.SEEN_ITEMS] if F.SEEN_ITEMS in features
+                       else features[F.HISTORY])
+        return target_ranks(scores, features[F.TARGET], exclude)
 
-        @tf.function(reduce_retracing=True)
-        def rank_batch(features, corpus):
-            current = model_ref()
-            score_corpus = getattr(current, "score_corpus", None)
-            if score_corpus is not None:
-                scores = score_corpus(features)
-            else:
-                queries = current.query_embeddings(features, training=False)
-                scores = tf.matmul(queries, corpus, transpose_b=True)
-            exclude = None
-            if exclude_history:
-                exclude = (features[F.SEEN_ITEMS] if F.SEEN_ITEMS in features
-                           else features[F.HISTORY])
-            return target_ranks(scores, features[F.TARGET], exclude)
-
-        per_model[exclude_history] = rank_batch
-    return per_model[exclude_history]
+    rank_batch.exclude_history = exclude_history
+    return rank_batch
 
 
 def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
              ks: Sequence[int] = DEFAULT_KS, exclude_history: bool = False,
              num_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
-             batch_size: int = 256) -> EvaluationResult:
+             batch_size: int = 256, ranker=None) -> EvaluationResult:
     """Ranks every example's target among all items ``1..N`` with the model's inference towers.
 
     Args:
@@ -222,8 +221,12 @@ def evaluate(model, dataset: Union[tf.data.Dataset, Mapping[str, np.ndarray]],
       confidence: interval level.
       seed: bootstrap seed.
       batch_size: batch size when ``dataset`` is a dict of arrays.
+      ranker: a :func:`make_ranker` of this model and ``exclude_history`` to reuse (default: a
+        fresh one, traced for this call).
     """
-    rank_batch = _ranker(model, exclude_history)
+    if ranker is not None and ranker.exclude_history != exclude_history:
+        raise ValueError("the ranker was made with another exclude_history")
+    rank_batch = ranker if ranker is not None else make_ranker(model, exclude_history)
     corpus = (tf.zeros([0, 0]) if getattr(model, "score_corpus", None) is not None
               else tf.convert_to_tensor(model.corpus_embeddings()))
 

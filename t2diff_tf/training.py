@@ -270,6 +270,7 @@ class ValidationRanking(tf.keras.callbacks.Callback):
         self._dataset = dataset
         self._ks = tuple(ks)
         self._exclude_seen = exclude_seen
+        self._ranker = None
         self.history: List[Dict[str, float]] = []
         self.train_seconds = 0.0
         self._epoch_start = None
@@ -280,8 +281,10 @@ class ValidationRanking(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._epoch_start is not None:
             self.train_seconds += time.perf_counter() - self._epoch_start
+        if self._ranker is None:  # one trace for the whole training, not one per epoch
+            self._ranker = M.make_ranker(self.model, self._exclude_seen)
         result = M.evaluate(self.model, self._dataset, ks=self._ks, num_bootstrap=0,
-                            exclude_history=self._exclude_seen)
+                            exclude_history=self._exclude_seen, ranker=self._ranker)
         values = {f"val_{k}": v for k, v in result.metrics.items()}
         values["train_seconds"] = round(self.train_seconds, 2)
         self.history.append(values)

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from t2diff_tf import features as F
+from t2diff_tf import metrics as M
 from t2diff_tf.metrics import (bootstrap_interval, evaluate, paired_difference, ranking_metrics,
                                target_ranks)
 
@@ -136,3 +137,35 @@ def test_seen_items_beyond_the_window_are_excluded_too():
     np.testing.assert_array_equal(full.ranks, [3, 2])
     # Without exclusion seen_items changes nothing.
     assert evaluate(_FixedModel(n), data, ks=(10,), num_bootstrap=0).ranks.tolist() == [6, 6]
+
+
+class _FlipModel:
+    """Scores item ``i`` by ``+i`` or ``-i`` after a Python flag: what a sampler setting is."""
+
+    num_items = 5
+
+    def __init__(self):
+        self.flip = False
+
+    def query_embeddings(self, features, training=False):
+        sign = -1.0 if self.flip else 1.0
+        return tf.fill([tf.shape(features[F.TARGET])[0], 1], sign)
+
+    def corpus_embeddings(self):
+        return np.arange(1, 6, dtype=np.float32)[:, None]
+
+
+def test_evaluate_traces_python_settings_anew_and_a_kept_ranker_reuses_its_trace():
+    model = _FlipModel()
+    data = {name: np.zeros([2, 3], np.int64) for name in (F.HISTORY, F.HISTORY_TIME_LAG,
+                                                         F.HISTORY_SESSION)}
+    data.update({F.SESSION_LENGTH: np.zeros([2], np.int64), F.TARGET: np.array([5, 5])})
+    assert M.evaluate(model, data, ks=(1,), num_bootstrap=0).metrics["recall@1"] == 1.0
+    ranker = M.make_ranker(model)
+    assert M.evaluate(model, data, ks=(1,), num_bootstrap=0, ranker=ranker)["recall@1"] == 1.0
+    model.flip = True  # item 5 is now last
+    assert M.evaluate(model, data, ks=(1,), num_bootstrap=0).metrics["recall@1"] == 0.0
+    # The kept ranker still holds its first trace: reuse it only while the settings stay.
+    assert M.evaluate(model, data, ks=(1,), num_bootstrap=0, ranker=ranker)["recall@1"] == 1.0
+    with pytest.raises(ValueError):
+        M.evaluate(model, data, ks=(1,), num_bootstrap=0, exclude_history=True, ranker=ranker)
