@@ -94,31 +94,14 @@ def serving_window(user: str, items: Sequence[int], timestamps: Optional[Sequenc
     are measured to the user's latest behaviour (its own lag is 0 seconds), or, without time,
     counted in steps to the next position (the latest is 1 step back), as ``make_window`` counts
     them; ``target_timestamp`` is that latest timestamp (0 without time)."""
-    n = len(items)
-    if n < 1:
+    if len(items) < 1:
         raise ValueError("a serving window needs at least one behaviour")
-    L = config.example.history_length
-    positions = range(max(0, n - L), n)
-    pad = L - len(positions)
-    if config.session_mode == LAST_K:
-        sess = [(n - 1 - j) // config.session_k for j in positions]
-    else:
-        sessions = session_ids(timestamps, config, n)
-        sess = [sessions[n - 1] - sessions[j] for j in positions]
-    if timestamps is not None:
-        now = int(timestamps[n - 1])
-        gaps = [now - int(timestamps[j]) for j in positions]
-    else:
-        now = 0
-        gaps = [n - j for j in positions]
-    return {
-        F.USER_ID: user,
-        F.HISTORY: [F.PADDING_ID] * pad + [int(items[j]) for j in positions],
-        F.HISTORY_TIME_LAG: [0] * pad + [config.example.time_lag_bucket(g) for g in gaps],
-        F.HISTORY_SESSION: [F.PADDING_SESSION] * pad + sess,
-        F.SESSION_LENGTH: sum(1 for v in sess if v == 0),
-        F.TARGET_TIMESTAMP: now,
-    }
+    # The window of a next item appended at the latest time, without that item.
+    window = make_window(user, list(items) + [F.PADDING_ID],
+                         None if timestamps is None else list(timestamps) + [timestamps[-1]],
+                         len(items), config)
+    del window[F.TARGET]
+    return window
 
 
 def serving_example(window: Window) -> tf.train.Example:

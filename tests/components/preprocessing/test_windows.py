@@ -154,3 +154,7 @@ def test_serving_window_is_the_window_of_a_next_item_at_the_latest_time(mode, wi
         del extended[F.TARGET]
         assert got == extended
         assert got[F.HISTORY][-1] == items[-1]
+        # Closed forms: the latest behaviour is 0 s (bucket 1) or 1 step (bucket 2) back.
+        assert got[F.HISTORY_TIME_LAG][-1] == (1 if with_time else 2)
+        assert got[F.TARGET_TIMESTAMP] == (times[-1] if with_time else 0)
+        assert got[F.HISTORY_SESSION][-1] == 0 and F.TARGET not in got
