@@ -212,8 +212,7 @@ def windows_from_chunks(chunks: tf.data.Dataset, config: SequenceWindowConfig,
     (:func:`t2diff_tf.sequence_windows.chunk_windows`): a per-target model then learns from
     every training interaction once per pass. Windows are shuffled across chunks through a
     ``shuffle_buffer`` of windows (0: chunk order)."""
-    names = (F.SEQUENCE_ITEMS, F.SEQUENCE_TIMESTAMPS, F.SEQUENCE_SESSIONS)
-    dataset = chunks.map(lambda c: {n: c[n] for n in names}).batch(chunks_per_step)
+    dataset = chunks.map(lambda c: {n: c[n] for n in F.CHUNK_FEATURES}).batch(chunks_per_step)
     dataset = dataset.map(lambda c: chunk_windows(c, config),
                           num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     if shuffle_buffer:
@@ -236,8 +235,7 @@ def sequence_windows_dataset(arrays: Arrays, config: SequenceWindowConfig, batch
                              shuffle_buffer: int = 0, seed: int = 0) -> tf.data.Dataset:
     """In-memory chunk arrays -> batches of windows of every labelled position (see
     :func:`windows_from_chunks`); chunks are shuffled too."""
-    names = (F.SEQUENCE_ITEMS, F.SEQUENCE_TIMESTAMPS, F.SEQUENCE_SESSIONS)
-    dataset = tf.data.Dataset.from_tensor_slices({n: arrays[n] for n in names})
+    dataset = tf.data.Dataset.from_tensor_slices({n: arrays[n] for n in F.CHUNK_FEATURES})
     if shuffle_buffer:
         dataset = dataset.shuffle(len(arrays[F.SEQUENCE_ITEMS]), seed=seed,
                                   reshuffle_each_iteration=True)
