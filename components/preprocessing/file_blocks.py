@@ -22,8 +22,8 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import tensorflow as tf
 
-from components.preprocessing.input_files import (Line, decode_line, is_gzip, raw_lines,
-                                                  read_lines)
+from components.preprocessing.input_files import (Line, chunk_lines, file_chunks, is_gzip,
+                                                  raw_chunks, raw_lines)
 
 BLOCK_BYTES = 64 << 20
 _CHUNK = 1 << 20
@@ -87,14 +87,19 @@ def lines_before(block: Block, newlines: Mapping[BlockKey, int]) -> int:
     return sum(newlines[(block.file_index, i)] for i in range(block.index))
 
 
-def block_lines(block: Block, newlines: Mapping[BlockKey, int]) -> Iterator[Line]:
-    """The decoded lines the block owns, numbered as in the whole file (1-based).
+def block_chunks(block: Block, newlines: Mapping[BlockKey, int]) -> Iterator[Tuple[int, bytes]]:
+    """The raw bytes of the lines the block owns, in pieces of whole lines (about
+    ``_CHUNK`` bytes each; the file's last line maybe without its ``\n``), each with the
+    1-based number of its first line in the whole file.
 
     ``newlines`` holds :func:`count_newlines` of the file's earlier blocks (unused for a
     file's first block).
+
+    Raises:
+      InputError: ``path:line``: the file cannot be read further.
     """
     if block.start == 0 and block.last:
-        yield from read_lines(block.path)  # a whole file (gzip, or small)
+        yield from file_chunks(block.path)  # a whole file (gzip, or small)
         return
     number = 1
     with tf.io.gfile.GFile(block.path, "rb") as f:
@@ -110,9 +115,15 @@ def block_lines(block: Block, newlines: Mapping[BlockKey, int]) -> Iterator[Line
                     number += 1
                     break
         f.seek(position)
-        for raw in raw_lines(f, position, block.end, _CHUNK):
-            yield decode_line(raw, number)
-            number += 1
+        for data in raw_chunks(f, position, block.end, _CHUNK):
+            yield number, data
+            number += data.count(b"\n")
+
+
+def block_lines(block: Block, newlines: Mapping[BlockKey, int]) -> Iterator[Line]:
+    """The decoded lines the block owns, numbered as in the whole file (1-based)."""
+    for number, data in block_chunks(block, newlines):
+        yield from chunk_lines(number, data)
 
 
 def newline_counts(blocks: Sequence[Block]) -> Dict[BlockKey, int]:

@@ -159,6 +159,61 @@ def raw_lines(f, position: int = 0, end: int = -1, chunk_size: int = _CHUNK
         yield pending
 
 
+def raw_chunks(f, position: int = 0, end: int = -1, chunk_size: int = _CHUNK
+               ) -> Iterator[bytes]:
+    """The same lines as :func:`raw_lines`, handed over in pieces of whole lines (each about
+    ``chunk_size`` bytes and ending with ``\n``; the stream's last line maybe without), so
+    that a reader can decode and split many lines in one call."""
+    pending = b""
+    while True:
+        chunk = f.read(chunk_size)
+        pending += chunk
+        if end >= 0:
+            last_owned = end - position - 1  # a line holding this byte starts before ``end``
+            if last_owned < 0:
+                return
+            stop = pending.find(b"\n", last_owned)
+            if stop >= 0:
+                yield pending[:stop + 1]
+                return
+        cut = len(pending) if not chunk else pending.rfind(b"\n") + 1
+        if cut:
+            yield pending[:cut]
+            position += cut
+            pending = pending[cut:]
+        if not chunk:
+            return
+
+
+def chunk_lines(number: int, data: bytes) -> Iterator[Line]:
+    """The decoded lines of a piece of whole lines whose first line is line ``number``."""
+    raws = data.split(b"\n")
+    last = raws.pop()  # b"" after a final "\n", else a last line without one
+    for raw in raws:
+        yield decode_line(raw + b"\n", number)
+        number += 1
+    if last:
+        yield decode_line(last, number)
+
+
+def file_chunks(path: str) -> Iterator[Tuple[int, bytes]]:
+    """The whole lines of ``path`` in pieces (see :func:`raw_chunks`), each with the number of
+    its first line.
+
+    Raises:
+      InputError: ``path:line``: the file cannot be read further (e.g. it was truncated after
+        the checks before Beam).
+    """
+    number = 1
+    try:
+        with open_binary(path) as f:
+            for data in raw_chunks(f):
+                yield number, data
+                number += data.count(b"\n")
+    except GZIP_ERRORS + (tf.errors.OpError,) as e:
+        raise InputError(f"{path}:{number}: cannot read: {e}") from None
+
+
 def read_lines(path: str) -> Iterator[Line]:
     """The lines of ``path``, decoded.
 
@@ -166,13 +221,8 @@ def read_lines(path: str) -> Iterator[Line]:
       InputError: ``path:line``: the file cannot be read further (e.g. it was truncated after
         the checks before Beam).
     """
-    number = 0
-    try:
-        with open_binary(path) as f:
-            for number, raw in enumerate(raw_lines(f), start=1):
-                yield decode_line(raw, number)
-    except GZIP_ERRORS + (tf.errors.OpError,) as e:
-        raise InputError(f"{path}:{number + 1}: cannot read: {e}") from None
+    for number, data in file_chunks(path):
+        yield from chunk_lines(number, data)
 
 
 class CsvHeader(NamedTuple):

@@ -17,7 +17,9 @@ and :class:`SyntheticLog` (the embedded default).
 from __future__ import annotations
 
 import csv
-from typing import Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+import re
+from typing import (Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 import apache_beam as beam
 
@@ -26,7 +28,9 @@ from components.preprocessing import file_blocks
 from components.preprocessing import synthetic
 from components.preprocessing.input_files import (  # noqa: F401  (re-exported)
     check_data_files, first_line, open_binary, parse_header, read_lines, resolve_files)
-from components.preprocessing.records import Count, DeadLetter, Event, Filtered, InputError
+from components.preprocessing.input_files import Line, chunk_lines, decode_line, file_chunks
+from components.preprocessing.records import (Count, DeadLetter, Event, Filtered, InputError,
+                                             UserRowBatcher)
 
 Record = Union[Event, DeadLetter, Filtered, Count]
 
@@ -43,12 +47,13 @@ INTERACTIONS_READ = "interactions_read"
 class ParsedLog(NamedTuple):
     """The PCollections a source produces.
 
-    events: :class:`Event`; dead_letters: :class:`DeadLetter`; filtered: ``(reason, n)``;
+    user_rows: :data:`records.UserRows`, ``(user, [(timestamp, order, item), ...])``, one or
+    more per user (:class:`records.UserRowBatcher`); dead_letters: :class:`DeadLetter`; filtered: ``(reason, n)``;
     counts: ``(counter name, n)`` (lines read, headers, blanks, interactions read,
     normalisations); item_genres: ``(raw item id, tuple of genre names)``.
     """
 
-    events: beam.PCollection
+    user_rows: beam.PCollection
     dead_letters: beam.PCollection
     filtered: beam.PCollection
     counts: beam.PCollection
@@ -95,6 +100,15 @@ class LineParser:
               header) -> Iterator[Record]:
         raise NotImplementedError
 
+    def clean_line_matcher(self, header
+                           ) -> Optional[Callable[[str], Optional[Tuple[str, str, Optional[int]]]]]:
+        """An optional shortcut for the common line: a function that returns ``(user, item,
+        timestamp)`` for a line ``parse`` would turn into exactly that one :class:`Event` and
+        nothing else (no count, no filter), and ``None`` for any other line (which then takes
+        ``parse``). Lines reach it decoded with ``surrogateescape``: a line holding a lone
+        surrogate was not UTF-8 and must not match. ``None`` (default): no shortcut."""
+        return None
+
 
 def parse_line(parser: LineParser, line: str, path: str, line_no: int, file_index: int,
                header) -> Iterator[Record]:
@@ -116,40 +130,80 @@ def parse_line(parser: LineParser, line: str, path: str, line_no: int, file_inde
     yield from records
 
 
-def read_file_records(parser: LineParser, path: str, file_index: int, lines=None, header=None
-                      ) -> Iterator[Union[Record, Tuple[str, int]]]:
+def read_file_records(parser: LineParser, path: str, file_index: int, chunks=None, header=None,
+                      fast: bool = True) -> Iterator[Union[Record, Tuple[str, int]]]:
     """Every record of the file at ``path``, then its counters as ``(name, n)`` tuples.
 
-    ``lines`` (``input_files.Line`` s, default: the whole file) reads part of the file, e.g. one
-    ``file_blocks`` block, with ``header`` parsed beforehand when the part has no line 1.
+    ``chunks`` (``(first line number, bytes of whole lines)`` pieces, default: the whole file
+    via ``input_files.file_chunks``) reads part of the file, e.g. one ``file_blocks`` block,
+    with ``header`` parsed beforehand when the part has no line 1.
+
+    With ``fast`` (default), a piece that is valid UTF-8 is decoded in one call, and each line
+    that ``parser.clean_line_matcher`` accepts becomes its :class:`Event` without the general
+    path; every other line takes the general path. A test holds both paths to the same
+    records on fuzzed files.
 
     Raises:
       InputError: ``path:line`` when the file cannot be read further, or its header is bad.
     """
     counts = {LINES_READ: 0, HEADER_LINES: 0, BLANK_LINES: 0, INTERACTIONS_READ: 0,
               C.BOM_STRIPPED: 0, C.CRLF_LINE_ENDINGS: 0, C.TRIMMED_FIELDS: 0}
-    for line in (read_lines(path) if lines is None else lines):
+
+    def general(line: Line):
+        nonlocal header
         counts[LINES_READ] += 1
         counts[C.BOM_STRIPPED] += line.bom
         counts[C.CRLF_LINE_ENDINGS] += line.crlf
         if parser.has_header and line.number == 1:
             header = parser.read_header(line.text, path)
             counts[HEADER_LINES] += 1
-            continue
+            return
         if line.text is None:
             counts[INTERACTIONS_READ] += 1
             yield dead_letter(path, line.number, "<line>", C.FieldError(
                 C.NOT_UTF8, "not valid UTF-8"), line.raw.decode("utf-8", "replace"))
-            continue
+            return
         if C.is_blank(line.text):
             counts[BLANK_LINES] += 1
-            continue
+            return
         for record in parse_line(parser, line.text, path, line.number, file_index, header):
             if isinstance(record, Count):
                 counts[record.name] = counts.get(record.name, 0) + record.n
                 continue
             counts[INTERACTIONS_READ] += 1 if isinstance(record, Event) else record.interactions
             yield record
+
+    for number, data in (file_chunks(path) if chunks is None else chunks):
+        if fast and number == 1:  # line 1 (a header, a BOM) always takes the general path
+            cut = data.find(b"\n") + 1 or len(data)
+            for line in chunk_lines(1, data[:cut]):
+                yield from general(line)
+            number, data = 2, data[cut:]
+        match = parser.clean_line_matcher(header) if fast and data and (
+            header is not None or not parser.has_header) else None
+        if match is None:
+            for line in chunk_lines(number, data):
+                yield from general(line)
+            continue
+        # Bytes that are not UTF-8 become lone surrogates, which no matcher accepts; such a
+        # line goes back to its exact bytes for the general path (which dead-letters it).
+        text = data.decode("utf-8", "surrogateescape")
+        texts = text.split("\n")
+        last = texts.pop()  # "" after a final "\n", else a last line without one
+        matched = 0
+        for i, line_text in enumerate(texts):
+            row = match(line_text)
+            if row is not None:
+                matched += 1
+                yield Event(row[0], row[1], row[2], (file_index, number + i, 0))
+            else:
+                yield from general(decode_line(
+                    (line_text + "\n").encode("utf-8", "surrogateescape"), number + i))
+        if last:
+            yield from general(decode_line(last.encode("utf-8", "surrogateescape"),
+                                           number + len(texts)))
+        counts[LINES_READ] += matched
+        counts[INTERACTIONS_READ] += matched
     for name, n in counts.items():
         if n or not name.startswith("normalised."):
             yield name, n
@@ -160,7 +214,7 @@ class _ReadLines(beam.DoFn):
     lines, via ``parser``; ``newlines`` (side input) are the ``\n`` counts of the blocks before
     it, for true line numbers.
 
-    Main output: :class:`Event`; tagged outputs ``dead_letter``, ``filtered`` (``(reason, n)``)
+    Main output: :data:`records.UserRows`, one per user of the block; tagged outputs ``dead_letter``, ``filtered`` (``(reason, n)``)
     and ``counts`` (per-block totals).
     """
 
@@ -171,18 +225,20 @@ class _ReadLines(beam.DoFn):
         header = None
         if self._parser.has_header and block.start > 0:
             header = self._parser.read_header(first_line(block.path).text, block.path)
-        lines = file_blocks.block_lines(block, newlines or {})
+        chunks = file_blocks.block_chunks(block, newlines or {})
         filtered: Dict[str, int] = {}
-        for record in read_file_records(self._parser, block.path, block.file_index, lines,
+        batcher = UserRowBatcher()
+        for record in read_file_records(self._parser, block.path, block.file_index, chunks,
                                         header):
             if isinstance(record, Event):
-                yield record
+                yield from batcher.add(record)
             elif isinstance(record, DeadLetter):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, record)
             elif isinstance(record, Filtered):
                 filtered[record.reason] = filtered.get(record.reason, 0) + record.interactions
             else:
                 yield beam.pvalue.TaggedOutput(COUNTS, record)
+        yield from batcher.flush()
         for reason, n in filtered.items():
             yield beam.pvalue.TaggedOutput(FILTERED, (reason, n))
 
@@ -203,11 +259,11 @@ def _read_text_files(pipeline_input, label: str, files: Sequence[str], parser: L
                | f"{label}Files" >> beam.Create(blocks)
                | f"{label}Reshuffle" >> beam.Reshuffle()
                | f"{label}Read" >> read.with_outputs(
-                   DEAD_LETTER, FILTERED, COUNTS, main="events"))
+                   DEAD_LETTER, FILTERED, COUNTS, main="user_rows"))
     genre_rows = pipeline_input | f"{label}Genres" >> beam.Create(
         sorted((item, tuple(g)) for item, g in genres.items()))
-    return ParsedLog(outputs.events, outputs[DEAD_LETTER], outputs[FILTERED], outputs[COUNTS],
-                     genre_rows)
+    return ParsedLog(outputs.user_rows, outputs[DEAD_LETTER], outputs[FILTERED],
+                     outputs[COUNTS], genre_rows)
 
 
 def _field(value: str, trim_spaces: bool) -> Tuple[str, List[Count]]:
@@ -458,6 +514,52 @@ class _CsvParser(LineParser):
                 return
         yield Event(user, item, timestamp, (file_index, line_no, 0))
 
+    def clean_line_matcher(self, header):
+        """Lines of plain fields only: ids of printable ASCII other than space, quote and the
+        delimiter; an integer-seconds time in range; other columns without quotes or line
+        breaks. Rows that a filter drops take ``parse``, and so does a log whose time divisor is
+        not a whole number."""
+        s = self.source
+        if not float(s.timestamp_divisor).is_integer():
+            return None
+        divisor = int(s.timestamp_divisor)
+        index, width = header
+        delimiter = re.escape(s.delimiter)
+        other = f'[^"\\r\\n\\udc80-\\udcff{delimiter}]*'
+        # An id ``C.check_id`` accepts without a doubt: printable ASCII, no space or quote.
+        identifier = "[" + "".join(re.escape(chr(c)) for c in range(0x21, 0x7f)
+                                   if chr(c) not in ('"', s.delimiter)) + "]+"
+        columns = [(s.user_column, f"({identifier})"), (s.item_column, f"({identifier})")]
+        if s.timestamp_column:
+            columns.append((s.timestamp_column, "([0-9]{1,18})"))
+        columns += [(rule.column, "([0-9]{1,15}(?:\\.[0-9]{1,15})?)") for rule in s.filters]
+        groups = {index[name]: group for name, group in columns}
+        if len(groups) != len(columns):
+            return None  # a column read twice (say, a filter on the item): not the common case
+        pattern = re.compile(delimiter.join(groups.get(i, other) for i in range(width)))
+        order = sorted(groups)
+        user_at, item_at = order.index(index[s.user_column]), order.index(index[s.item_column])
+        time_at = order.index(index[s.timestamp_column]) if s.timestamp_column else None
+        rules = [(order.index(index[rule.column]), rule) for rule in s.filters]
+        earliest, latest = C.EARLIEST_TIMESTAMP, C.LATEST_TIMESTAMP
+
+        def match(line: str):
+            m = pattern.fullmatch(line)
+            if m is None:
+                return None
+            fields = m.groups()
+            for at, rule in rules:
+                if not rule.keeps(float(fields[at])):
+                    return None  # filtered: ``parse`` says why
+            if time_at is None:
+                return fields[user_at], fields[item_at], None
+            timestamp = int(fields[time_at]) // divisor  # as C.parse_timestamp
+            if not earliest <= timestamp <= latest:
+                return None
+            return fields[user_at], fields[item_at], timestamp
+
+        return match
+
 
 class CsvLog(beam.PTransform):
     """A CSV log with a header row: ``user, item, timestamp[, label]`` (column names configurable).
@@ -581,11 +683,12 @@ def _tfds_rows(_, name: str, data_dir: Optional[str], min_rating: Optional[float
     read = 0
     counts: Dict[str, int] = {}
     filtered: Dict[str, int] = {}
+    batcher = UserRowBatcher()
     for index, row in enumerate(tfds.as_numpy(dataset)):
         read += 1
         for record in tfds_row_records(row, index, f"tfds:{name}", min_rating, trim_spaces):
             if isinstance(record, Event):
-                yield record
+                yield from batcher.add(record)
                 if "movie_genres" in row:
                     if genre_names is None:
                         builder = tfds.builder(name, data_dir=data_dir)
@@ -598,6 +701,7 @@ def _tfds_rows(_, name: str, data_dir: Optional[str], min_rating: Optional[float
                 filtered[record.reason] = filtered.get(record.reason, 0) + record.interactions
             else:
                 counts[record.name] = counts.get(record.name, 0) + record.n
+    yield from batcher.flush()
     yield beam.pvalue.TaggedOutput(COUNTS, (INTERACTIONS_READ, read))
     yield beam.pvalue.TaggedOutput(COUNTS, (LINES_READ, read))
     for name_, n in counts.items():
@@ -625,16 +729,17 @@ class TfdsMovieLens(beam.PTransform):
         outputs = (pbegin | "TfdsImpulse" >> beam.Impulse()
                    | "TfdsRead" >> beam.FlatMap(_tfds_rows, self.name, self.data_dir,
                                                 self.min_rating, self.trim_spaces).with_outputs(
-                       "genres", DEAD_LETTER, COUNTS, FILTERED, main="events"))
+                       "genres", DEAD_LETTER, COUNTS, FILTERED, main="user_rows"))
         genres = outputs.genres | "TfdsGenresDistinct" >> beam.Distinct()
-        return ParsedLog(outputs.events, outputs[DEAD_LETTER], outputs[FILTERED],
+        return ParsedLog(outputs.user_rows, outputs[DEAD_LETTER], outputs[FILTERED],
                          outputs[COUNTS], genres)
 
 
 def _synthetic_user(user_index: int, config: synthetic.SyntheticConfig):
     rows = synthetic.user_interactions(user_index, config)
-    for pos, (user, item, ts) in enumerate(rows):
-        yield Event(user, item, ts, (0, user_index + 1, pos))
+    if rows:
+        yield rows[0][0], [(ts, (0, user_index + 1, pos), item)
+                           for pos, (_, item, ts) in enumerate(rows)]
     yield beam.pvalue.TaggedOutput(COUNTS, (INTERACTIONS_READ, len(rows)))
 
 
@@ -648,9 +753,9 @@ class SyntheticLog(beam.PTransform):
     def expand(self, pbegin):
         outputs = (pbegin | "SyntheticUsers" >> beam.Create(list(range(self.config.num_users)))
                    | "SyntheticGenerate" >> beam.FlatMap(_synthetic_user, self.config).with_outputs(
-                       COUNTS, main="events"))
+                       COUNTS, main="user_rows"))
         empty = pbegin | "SyntheticNoDeadLetters" >> beam.Create([])
         empty_filtered = pbegin | "SyntheticNoFiltered" >> beam.Create([])
         genres = pbegin | "SyntheticGenres" >> beam.Create(
             sorted((k, tuple(v)) for k, v in synthetic.item_genres(self.config).items()))
-        return ParsedLog(outputs.events, empty, empty_filtered, outputs[COUNTS], genres)
+        return ParsedLog(outputs.user_rows, empty, empty_filtered, outputs[COUNTS], genres)

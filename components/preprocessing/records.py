@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import NamedTuple, Optional, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 
 class Event(NamedTuple):
@@ -17,6 +17,45 @@ class Event(NamedTuple):
 
     def sort_key(self):
         return (self.timestamp if self.timestamp is not None else 0, self.order)
+
+
+#: One interaction as the per-user grouping carries it: ``(timestamp, order, item)``. Plain
+#: tuples encode far faster than NamedTuples in Beam.
+UserRow = Tuple[Optional[int], Tuple[int, int, int], str]
+
+#: Some of one user's interactions: ``(user, [UserRow, ...])``. A source may emit several of
+#: these per user (one per file block, say); the preprocessing concatenates them.
+UserRows = Tuple[str, List[UserRow]]
+
+
+class UserRowBatcher:
+    """Collects :class:`Event` s into :data:`UserRows`, one element per user per batch.
+
+    Beam's cost is per element: a reader that hands over one ``(user, rows)`` per user and
+    file block instead of one element per interaction spends that cost once per user (on a
+    1M-row log, ~4K users against 1M interactions). ``max_rows`` bounds what is held before
+    a flush, so a reader's memory does not grow with its input.
+    """
+
+    def __init__(self, max_rows: int = 500_000):
+        self.max_rows = max_rows
+        self._rows: Dict[str, List[UserRow]] = {}
+        self._held = 0
+
+    def add(self, event: Event) -> Iterator[UserRows]:
+        """Holds ``event``; yields the held batches when ``max_rows`` is reached."""
+        rows = self._rows.get(event.user)
+        if rows is None:
+            rows = self._rows[event.user] = []
+        rows.append((event.timestamp, event.order, event.item))
+        self._held += 1
+        if self._held >= self.max_rows:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[UserRows]:
+        """Yields and forgets everything held."""
+        rows, self._rows, self._held = self._rows, {}, 0
+        yield from rows.items()
 
 
 class DeadLetter(NamedTuple):

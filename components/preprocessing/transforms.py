@@ -36,7 +36,7 @@ from components.beam_errors import one_line, quiet_beam_errors
 from components.preprocessing import kcore, readers
 from components.preprocessing.config import (SERVING, SPLITS, TRAIN_SEQUENCES, ProtocolConfig,
                                              WindowConfig)
-from components.preprocessing.records import DeadLetter, Event, InputError
+from components.preprocessing.records import DeadLetter, InputError
 from components.preprocessing import sequences as chunks
 from components.preprocessing.schema import (schema_text, sequence_schema,
                                              serving_window_schema, window_schema)
@@ -137,9 +137,26 @@ def split_dir(output_dir: str, split: str) -> str:
 # Per-user steps
 
 
-def _event_row(event: Event):
-    # Plain tuples encode far faster than NamedTuples in Beam.
-    return event.user, (event.timestamp, event.order, event.item)
+class _ConcatenateRows(beam.CombineFn):
+    """Concatenates a user's :data:`records.UserRows` lists. A combine, not a GroupByKey: the
+    runner lifts it, so each bundle hands the shuffle one list per user."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, accumulator, rows):
+        accumulator.extend(rows)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        accumulators = iter(accumulators)
+        merged = next(accumulators, [])
+        for rows in accumulators:
+            merged.extend(rows)
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
 
 
 def _ordered_sequence(element):
@@ -299,12 +316,10 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
     minimum = max(config.min_user_interactions, config.protocol.min_sequence_length)
 
     k_core = config.min_item_interactions > 0
-    sequences = (log.events
-                 | "KeyByUser" >> beam.Map(_event_row)
-                 # A combine, not a GroupByKey: the runner lifts it, so each bundle
-                 # hands the shuffle one list per user instead of one element per
-                 # interaction (Beam's per-element cost was the largest part of the run).
-                 | "GroupByUser" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
+    # Sources already hand over one element per user and batch (Beam's per-element cost was
+    # the largest part of the run when every interaction was an element).
+    sequences = (log.user_rows
+                 | "GroupByUser" >> beam.CombinePerKey(_ConcatenateRows())
                  | "OrderByTime" >> beam.Map(_ordered_sequence)
                  | "FilterUsers" >> beam.ParDo(
                      _FilterUsers(minimum, None if k_core else config.max_user_interactions)

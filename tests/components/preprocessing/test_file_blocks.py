@@ -44,6 +44,11 @@ def test_blocks_read_every_line_once_with_its_number(tmp_path, block_bytes):
     newlines = file_blocks.newline_counts(blocks)
     lines = [line for b in blocks for line in file_blocks.block_lines(b, newlines)]
     assert lines == list(read_lines(path))
+    # Against the file itself: the raw lines put back together are its bytes, numbered 1..n.
+    with open(path, "rb") as f:
+        content = f.read()
+    assert b"".join(line.raw for line in lines) == content
+    assert [line.number for line in lines] == list(range(1, content.count(b"\n") + 2))
 
 
 def test_gzip_files_are_one_block(tmp_path):

@@ -203,6 +203,63 @@ def test_mutated_lines(tmp_path, fmt):
     assert {C.NOT_UTF8} <= reasons
 
 
+# Column layouts the CSV shortcut builds its pattern from: another delimiter, no time column,
+# columns in another order, a regex-special delimiter.
+FAST_PATH_FORMATS = FORMATS + [
+    Format("tsv_no_time", "item\tuser\textra", lambda rng, k: f"i{rng.randrange(400)}\t"
+           f"u{rng.randrange(50)}\t{rng.choice(['', 'x y', '1.5'])}", "\t",
+           readers.CsvLog("unused", timestamp_column="", delimiter="\t").parser(), False, True),
+    Format("pipe_ms", "time|user|item", lambda rng, k: f"{1600000000000 + 999 * k}|"
+           f"u{rng.randrange(50)}|i{rng.randrange(400)}", "|",
+           readers.CsvLog("unused", delimiter="|", timestamp_column="time",
+                          timestamp_divisor=1000).parser(), False, True),
+]
+
+
+@pytest.mark.parametrize("fmt", FAST_PATH_FORMATS, ids=lambda f: f.name)
+def test_the_shortcut_for_clean_lines_gives_the_general_paths_records(tmp_path, fmt):
+    """``read_file_records`` with the clean-line shortcut (the default) and without it: the
+    same records in the same order and the same counts, on mutated lines spread over several
+    read pieces (so lines meet piece boundaries), with CRLF endings and no final newline."""
+    rng = random.Random(f"{SEED}-fast-{fmt.name}")
+    lines = [fmt.make_line(rng, k) for k in range(6 * LINES_PER_READER)]
+    body = [fmt.header.encode()] if fmt.header else []
+    body += [mutate(rng, line, fmt.separator) if rng.random() < 0.3 else line.encode()
+             for line in lines]
+    # Every field of a valid line set to each value at the edge of what the shortcut takes.
+    edges = [" 7", "7 ", "a b", "9999999999999", "253402300799", "253402300800", "-5", "+5",
+             "007", "\u00e9", '"x"', "x\u2028", "", "1.5", "1e3", "1.0", "0", "x\x7f", "~!"]
+    fields = lines[0].split(fmt.separator)
+    body += [fmt.separator.join(fields[:i] + [value] + fields[i + 1:]).encode()
+             for i in range(len(fields)) for value in edges]
+    path = str(tmp_path / f"{fmt.name}.txt")
+    with open(path, "wb") as f:
+        f.write(b"".join(line.replace(b"\n", b" ") + (b"\r\n" if k % 97 == 5 else b"\n")
+                         for k, line in enumerate(body)).rstrip(b"\n"))
+    assert os.path.getsize(path) > (1 << 16)  # more than one piece of file_chunks
+
+    def split(records):
+        records = list(records)
+        counts = {}
+        for r in records:
+            if type(r) is tuple:
+                counts[r[0]] = counts.get(r[0], 0) + r[1]
+        return [r for r in records if type(r) is not tuple], counts
+
+    fast, fast_counts = split(readers.read_file_records(fmt.parser, path, 3))
+    general, general_counts = split(readers.read_file_records(fmt.parser, path, 3, fast=False))
+    assert fast == general
+    assert fast_counts == general_counts
+    assert fast_counts[readers.LINES_READ] == len(body)
+    assert sum(isinstance(r, Event) for r in fast) > len(lines) // 10
+    if fmt.header:  # the CSV formats: the shortcut takes every valid line that is kept
+        header = fmt.parser.read_header(fmt.header, path)
+        match = fmt.parser.clean_line_matcher(header)
+        for line in lines:
+            kept = [r for r in fmt.parser.parse(line, path, 2, 3, header) if isinstance(r, Event)]
+            assert (match(line) is not None) == bool(kept), line
+
+
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_known_bad_values_get_their_reason(tmp_path, fmt):
     """Each issue-13 case in each field of each format: dead-lettered, with the reason named."""
