@@ -44,6 +44,7 @@ from t2diff_tf import metrics as M  # noqa: E402
 from t2diff_tf.features import ExampleSpec  # noqa: E402
 from t2diff_tf.models.registry import MODELS, build_model  # noqa: E402
 from t2diff_tf.training import TrainConfig, arrays_dataset, fit, read_examples, sequence_arrays_dataset, sequence_windows_dataset  # noqa: E402
+from t2diff_tf.learning_rate import KINDS, LearningRateSchedule  # noqa: E402
 
 PRESETS: Dict[str, List[dict]] = {
     "table2": [
@@ -246,9 +247,11 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
     if checkpoint_root:
         slug = "".join(c if c.isalnum() else "_" for c in spec["label"])
         checkpoint_dir = os.path.join(checkpoint_root, f"{slug}_seed{seed}")
-    # A run spec may override training settings: {"train": {"learning_rate": 0.003}}.
-    train_config = dataclasses.replace(train_config, seed=seed, checkpoint_dir=checkpoint_dir,
-                                       **spec.get("train", {}))
+    # A run spec may override training settings: {"train": {"learning_rate": 0.003,
+    # "learning_rate_schedule": {"kind": "cosine"}}}.
+    train_config = TrainConfig.from_dict({**dataclasses.asdict(train_config), "seed": seed,
+                                          "checkpoint_dir": checkpoint_dir,
+                                          **spec.get("train", {})})
 
     def build():
         return build_model(spec["model"], config, num_items=vocabulary.size,
@@ -369,6 +372,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--lr-schedule", default="constant", choices=KINDS,
+                        help="cosine/linear decay after --warmup-epochs (learning_rate.py)")
+    parser.add_argument("--warmup-epochs", type=int, default=0)
+    parser.add_argument("--final-lr-fraction", type=float, default=0.0)
     parser.add_argument("--history-length", type=int, default=50)
     parser.add_argument("--max-train-windows-per-user", type=int, default=10)
     parser.add_argument("--max-user-interactions", type=int, default=None,
@@ -403,6 +410,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         specs = [s for s in specs if s["label"] in args.only]
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                                learning_rate=args.learning_rate,
+                               learning_rate_schedule=LearningRateSchedule(
+                                   args.lr_schedule, args.warmup_epochs, args.final_lr_fraction),
                                early_stopping_patience=args.patience, verbose=args.verbose,
                                selection_metric=args.selection_metric,
                                exclude_seen=args.select_seen_excluded,

@@ -33,6 +33,7 @@ from pipeline.configs import DEFAULT_OUTPUT_ROOT, PIPELINE_NAME, EvalConfig, Pip
 from t2diff_tf.features import ExampleSpec, SequenceSpec  # noqa: E402
 from t2diff_tf.models.registry import available_models  # noqa: E402
 from t2diff_tf.training import STRATEGIES, TrainConfig  # noqa: E402
+from t2diff_tf.learning_rate import KINDS, LearningRateSchedule  # noqa: E402
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,6 +175,11 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=10, help="maximum training epochs")
     g.add_argument("--batch-size", type=int, default=256, help="training batch size")
     g.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--lr-schedule", default="constant", choices=KINDS,
+                   help="learning rate over epochs: constant, or cosine/linear decay (after "
+                        "--warmup-epochs of linear warm-up) towards --final-lr-fraction of it")
+    g.add_argument("--warmup-epochs", type=int, default=0)
+    g.add_argument("--final-lr-fraction", type=float, default=0.0)
     g.add_argument("--patience", type=int, default=2,
                    help="early stopping: epochs without a better validation metric")
     g.add_argument("--selection-metric", default="recall@20",
@@ -215,6 +221,8 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
         baseline_model=args.baseline_model,
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, early_stopping_patience=args.patience,
+                          learning_rate_schedule=LearningRateSchedule(
+                              args.lr_schedule, args.warmup_epochs, args.final_lr_fraction),
                           selection_metric=args.selection_metric, strategy=args.strategy,
                           exclude_seen=args.select_seen_excluded),
         eval=EvalConfig(ks=tuple(int(k) for k in args.ks.split(",")),

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from t2diff_tf import features as F
 from t2diff_tf import metrics as M
+from t2diff_tf.learning_rate import EpochLearningRate, LearningRateSchedule
 from t2diff_tf.sequence_windows import SequenceWindowConfig, chunk_windows
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
@@ -49,7 +50,9 @@ class TrainConfig:
     Attributes:
       epochs: maximum passes over the training windows.
       batch_size: global batch size (split across replicas).
-      learning_rate: Adam's learning rate.
+      learning_rate: Adam's (base) learning rate.
+      learning_rate_schedule: how the rate moves over epochs (``learning_rate.py``; default
+        constant).
       shuffle_buffer: examples in the shuffle buffer.
       early_stopping_patience: epochs without a better validation metric before stopping
         (0 disables early stopping; the best epoch is restored either way).
@@ -70,6 +73,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 256
     learning_rate: float = 1e-3
+    learning_rate_schedule: LearningRateSchedule = LearningRateSchedule()
     shuffle_buffer: int = 100_000
     early_stopping_patience: int = 2
     selection_metric: str = "recall@20"
@@ -97,7 +101,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, object]) -> "TrainConfig":
-        return cls(**dict(values))
+        values = dict(values)
+        if "learning_rate_schedule" in values:
+            values["learning_rate_schedule"] = LearningRateSchedule.from_dict(
+                values["learning_rate_schedule"])
+        return cls(**values)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -402,7 +410,9 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
     with strategy.scope():
         model = build()
         model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    all_callbacks = []
+    # First, so that the epoch's logs (and the selection state) record the rate it used.
+    all_callbacks = [EpochLearningRate(config.learning_rate_schedule, config.learning_rate,
+                                       config.epochs)]
     selection = None
     directory = config.checkpoint_dir
     if validation is not None:
