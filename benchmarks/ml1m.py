@@ -105,10 +105,12 @@ def model_config(name: str, overrides: Mapping) -> object:
 def preprocess(data_dir: str, protocol: str, work_dir: str, history_length: int,
                max_train_windows: int, seed: int,
                max_user_interactions: Optional[int] = None,
-               sequences: Optional[F.SequenceSpec] = None) -> str:
+               sequences: Optional[F.SequenceSpec] = None, min_item_interactions: int = 0) -> str:
     name = f"{protocol}_L{history_length}_w{max_train_windows}_s{seed}"
     if max_user_interactions:
         name += f"_u{max_user_interactions}"
+    if min_item_interactions:
+        name += f"_k{min_item_interactions}"
     if sequences is not None:
         name += f"_seq{sequences.history_length}_c{sequences.max_chunks_per_user or 'all'}"
     out = os.path.join(work_dir, name)
@@ -120,7 +122,8 @@ def preprocess(data_dir: str, protocol: str, work_dir: str, history_length: int,
                                            seed=seed))
     config = PreprocessConfig(window=WindowConfig(ExampleSpec(history_length=history_length)),
                               protocol=protocol_config,
-                              max_user_interactions=max_user_interactions, sequences=sequences)
+                              max_user_interactions=max_user_interactions, sequences=sequences,
+                              min_item_interactions=min_item_interactions)
     source = readers.SequenceFile(os.path.join(data_dir, "sequences.txt.gz"),
                                   genres=readers.read_movielens_genres(
                                       os.path.join(data_dir, "movies.dat")))
@@ -158,10 +161,12 @@ def attach_seen_items(data_dir: str, root: str, data: Dict[str, Dict[str, np.nda
         for line in f:
             fields = line.decode().split()
             if len(fields) > 1:
-                items = fields[1:]
+                # Items the preprocessing dropped (a k-core) are not in the user's sequence;
+                # the cap applies to what is left, as in the preprocessing.
+                items = [lookup[i] for i in fields[1:] if i in lookup]
                 if max_user_interactions:
                     items = items[-max_user_interactions:]
-                full[fields[0]] = [lookup.get(i, 0) for i in items]
+                full[fields[0]] = items
     for split in ("validation", "test"):
         arrays = data[split]
         rows = []
@@ -378,6 +383,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--final-lr-fraction", type=float, default=0.0)
     parser.add_argument("--history-length", type=int, default=50)
     parser.add_argument("--max-train-windows-per-user", type=int, default=10)
+    parser.add_argument("--min-item-interactions", type=int, default=0,
+                        help="k-core: drop items with fewer interactions, and users who fall "
+                             "below 5, to a fixed point (5: the 5-core of BERT4Rec's ML-1M, "
+                             "3,416 items)")
     parser.add_argument("--max-user-interactions", type=int, default=None,
                         help="keep each user's latest N items (200: the paper's statistics)")
     parser.add_argument("--layout", default="windows", choices=["windows", "sequences"],
@@ -426,6 +435,7 @@ def main(argv: Optional[List[str]] = None) -> None:
               "history_length": args.history_length,
               "max_train_windows_per_user": args.max_train_windows_per_user,
               "max_user_interactions": args.max_user_interactions, "layout": args.layout,
+              "min_item_interactions": args.min_item_interactions,
               "sequence_length": sequences.history_length if sequences else None,
               "max_chunks_per_user": args.max_chunks_per_user,
               "item_features": not args.no_item_features,
@@ -440,7 +450,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         # The sequence layout trains on chunks; its window split keeps one window per user.
         root = preprocess(args.data_dir, protocol, args.work_dir, args.history_length,
                           1 if sequences else args.max_train_windows_per_user, args.seeds[0],
-                          args.max_user_interactions, sequences)
+                          args.max_user_interactions, sequences, args.min_item_interactions)
         data = {split: load_split(root, split, example_spec)
                 for split in (("validation", "test") if sequences
                               else ("train", "validation", "test"))}
