@@ -1,5 +1,8 @@
 """Acceptance: on synthetic drift data, full-corpus Recall@20 of T2Diff against the mean-pooled
-two-tower and the Mixed-attention-only ablation (fixed seed, about 2-3 minutes on 2 cores).
+two-tower and the Mixed-attention-only ablation (fixed seed, about 2-3 minutes on 2 cores, so
+behind the ``heavy`` marker: ``make test-heavy``; the default suite keeps T2Diff's learning
+tests: ``test_fit_reduces_the_loss``, ``test_t2diff_learns_from_every_chunk_position``, and
+every registered model trained, ranked and served in ``test_registry``).
 
 Data: ``components.preprocessing.synthetic`` users who, inside a session, move a fixed number of
 clusters (their velocity) along a ring of item clusters at every behaviour; leave-one-out windows
@@ -74,6 +77,7 @@ def recall_at_20():
     return recall
 
 
+@pytest.mark.heavy
 def test_t2diff_beats_mean_pooled_two_tower(recall_at_20):
     # Everything learned something (1000 items: chance Recall@20 = 0.02) ...
     assert recall_at_20["mean_pool_two_tower"] > 0.05
