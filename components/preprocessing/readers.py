@@ -48,8 +48,8 @@ class ParsedLog(NamedTuple):
     """The PCollections a source produces.
 
     user_rows: :data:`records.UserRows`, ``(user, [(timestamp, order, item), ...])``, one or
-    more per user (:class:`records.UserRowBatcher`); dead_letters: :class:`DeadLetter`; filtered: ``(reason, n)``;
-    counts: ``(counter name, n)`` (lines read, headers, blanks, interactions read,
+    more per user (:class:`records.UserRowBatcher`); dead_letters: :class:`DeadLetter`;
+    filtered: ``(reason, n)``; counts: ``(counter name, n)`` (lines read, headers, blanks, interactions read,
     normalisations); item_genres: ``(raw item id, tuple of genre names)``.
     """
 
@@ -173,14 +173,18 @@ def read_file_records(parser: LineParser, path: str, file_index: int, chunks=Non
             counts[INTERACTIONS_READ] += 1 if isinstance(record, Event) else record.interactions
             yield record
 
+    match, matcher_header = None, object()  # the matcher is built once per header
     for number, data in (file_chunks(path) if chunks is None else chunks):
         if fast and number == 1:  # line 1 (a header, a BOM) always takes the general path
             cut = data.find(b"\n") + 1 or len(data)
             for line in chunk_lines(1, data[:cut]):
                 yield from general(line)
             number, data = 2, data[cut:]
-        match = parser.clean_line_matcher(header) if fast and data and (
-            header is not None or not parser.has_header) else None
+        if fast and header is not matcher_header and (
+                header is not None or not parser.has_header):
+            match, matcher_header = parser.clean_line_matcher(header), header
+        if not data:
+            continue
         if match is None:
             for line in chunk_lines(number, data):
                 yield from general(line)
@@ -214,8 +218,8 @@ class _ReadLines(beam.DoFn):
     lines, via ``parser``; ``newlines`` (side input) are the ``\n`` counts of the blocks before
     it, for true line numbers.
 
-    Main output: :data:`records.UserRows`, one per user of the block; tagged outputs ``dead_letter``, ``filtered`` (``(reason, n)``)
-    and ``counts`` (per-block totals).
+    Main output: :data:`records.UserRows`, one per user of the block; tagged outputs
+    ``dead_letter``, ``filtered`` (``(reason, n)``) and ``counts`` (per-block totals).
     """
 
     def __init__(self, parser: LineParser):
