@@ -10,6 +10,10 @@ PRE_NORM = "pre_norm"
 SASREC_BLOCK = "sasrec"
 BLOCK_STYLES = (PRE_NORM, SASREC_BLOCK)
 
+POSITIONS_FROM_LAST = "last"
+POSITIONS_FROM_FIRST = "first"
+POSITION_ORIGINS = (POSITIONS_FROM_LAST, POSITIONS_FROM_FIRST)
+
 
 @tf.keras.utils.register_keras_serializable(package="t2diff")
 class CausalTransformer(tf.keras.layers.Layer):
@@ -26,6 +30,13 @@ class CausalTransformer(tf.keras.layers.Layer):
         taken from the normalised query, keys and values left raw; a ReLU feed-forward with
         dropout after both of its layers; every kernel drawn from ``N(0, 0.02)``.
 
+    Two position origins (sequences are left-padded, the most recent behaviour last):
+      ``"last"``: the most recent behaviour always takes the last positional embedding, so a
+        position says how far a behaviour is from the end of the sequence.
+      ``"first"``: the oldest behaviour in the sequence takes the first one, as in SASRec's
+        reference code (its sequences are right-padded and indexed from 0), so a position says
+        how many behaviours precede it in the (possibly truncated) sequence.
+
     Call arguments:
       inputs: ``[batch, L, d]`` behaviour vectors (oldest first).
       mask: ``[batch, L]`` bool, ``True`` on valid positions.
@@ -36,15 +47,20 @@ class CausalTransformer(tf.keras.layers.Layer):
     """
 
     def __init__(self, max_length: int, num_blocks: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2, block: str = PRE_NORM, **kwargs):
+                 dropout: float = 0.2, block: str = PRE_NORM,
+                 position_origin: str = POSITIONS_FROM_LAST, **kwargs):
         super().__init__(**kwargs)
         if block not in BLOCK_STYLES:
             raise ValueError(f"block must be one of {BLOCK_STYLES}, got {block!r}")
+        if position_origin not in POSITION_ORIGINS:
+            raise ValueError(
+                f"position_origin must be one of {POSITION_ORIGINS}, got {position_origin!r}")
         self.max_length = int(max_length)
         self.num_blocks = int(num_blocks)
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
         self.block = block
+        self.position_origin = position_origin
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
@@ -75,7 +91,7 @@ class CausalTransformer(tf.keras.layers.Layer):
     def call(self, inputs: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
         length = tf.shape(inputs)[1]
         keep = tf.cast(mask, inputs.dtype)[..., None]
-        x = (inputs + self.positions[None, -length:, :]) * keep
+        x = (inputs + self.position_embeddings(mask, length)) * keep
         x = self.input_dropout(x, training=training)
         causal = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)
         attend = tf.logical_and(causal[None], mask[:, None, :])
@@ -93,7 +109,17 @@ class CausalTransformer(tf.keras.layers.Layer):
                 x = (x + ffn(f_norm(x), training=training)) * keep
         return self.final_norm(x) * keep
 
+    def position_embeddings(self, mask: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+        """``[1 or batch, L, d]`` positional embeddings for a left-padded ``[batch, L]`` mask."""
+        if self.position_origin == POSITIONS_FROM_LAST:
+            return self.positions[None, -length:, :]
+        # Index of each valid behaviour from the sequence's oldest one: 0, 1, ...; padding
+        # takes 0 (it is zeroed right after).
+        index = tf.maximum(tf.cumsum(tf.cast(mask, tf.int32), axis=1) - 1, 0)
+        return tf.gather(self.positions, index)
+
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "max_length": self.max_length,
                 "num_blocks": self.num_blocks, "num_heads": self.num_heads,
-                "dropout": self.dropout, "block": self.block}
+                "dropout": self.dropout, "block": self.block,
+                "position_origin": self.position_origin}

@@ -20,7 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from t2diff_tf import features as F
-from t2diff_tf.layers.causal_transformer import BLOCK_STYLES, PRE_NORM, CausalTransformer
+from t2diff_tf.layers.causal_transformer import (BLOCK_STYLES, POSITION_ORIGINS,
+                                                 POSITIONS_FROM_LAST, PRE_NORM,
+                                                 CausalTransformer)
 from t2diff_tf.models.base import Features, LossConfig, RetrievalModel
 from t2diff_tf.models.config import DictConfig
 from t2diff_tf.layers.next_item_loss import NextItemLoss, NextItemLossConfig
@@ -49,6 +51,9 @@ class SequentialConfig(DictConfig):
         code's block; see :class:`~t2diff_tf.layers.causal_transformer.CausalTransformer`).
       embedding_stddev: the item embeddings start from ``N(0, embedding_stddev)`` (SASRec's
         reference code: 0.02).
+      position_origin: SASRec's positional embeddings counted from the most recent behaviour
+        (``"last"``) or from the oldest one in the sequence (``"first"``, SASRec's reference
+        code); see :class:`~t2diff_tf.layers.causal_transformer.CausalTransformer`.
     """
 
     embedding_dim: int = 64
@@ -63,6 +68,7 @@ class SequentialConfig(DictConfig):
     temperature: float = 1.0
     block: str = PRE_NORM
     embedding_stddev: float = 0.1
+    position_origin: str = POSITIONS_FROM_LAST
 
     def __post_init__(self):
         if isinstance(self.loss, dict):
@@ -73,6 +79,9 @@ class SequentialConfig(DictConfig):
             raise ValueError(f"block must be one of {BLOCK_STYLES}, got {self.block!r}")
         if self.embedding_stddev <= 0:
             raise ValueError(f"embedding_stddev must be > 0, got {self.embedding_stddev}")
+        if self.position_origin not in POSITION_ORIGINS:
+            raise ValueError(f"position_origin must be one of {POSITION_ORIGINS}, "
+                             f"got {self.position_origin!r}")
 
 
 class NextItemConfig(Protocol):
@@ -165,6 +174,7 @@ class SASRec(NextItemModel):
         super().__init__(config, name=name, **data)
         self.encoder = CausalTransformer(self.example_spec.history_length, config.num_blocks,
                                          config.num_heads, config.dropout, block=config.block,
+                                         position_origin=config.position_origin,
                                          name="encoder")
 
     def encode(self, vectors, mask, training):
