@@ -120,8 +120,9 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-serving-windows", action="store_true",
                    help="do not write Split-serving (one window per user ending at the latest "
                         "behaviour, the input of `t2diff candidates`)")
-    g.add_argument("--num-shards", type=int, default=1,
-                   help="TFRecord shards per split (0: the runner decides)")
+    g.add_argument("--num-shards", type=int, default=0,
+                   help="TFRecord shards per split (0, the default: the runner decides, "
+                        "without shuffling every example; N: exactly N files)")
     g.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="a Beam pipeline option, repeatable, e.g. --beam-arg=--runner=DataflowRunner "
                         "--beam-arg=--project=P (Flink/Spark/Dask runner options pass through)")

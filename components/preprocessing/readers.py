@@ -30,7 +30,7 @@ from components.preprocessing.input_files import (  # noqa: F401  (re-exported)
     check_data_files, first_line, open_binary, parse_header, read_lines, resolve_files)
 from components.preprocessing.input_files import Line, chunk_lines, decode_line, file_chunks
 from components.preprocessing.records import (Count, DeadLetter, Event, Filtered, InputError,
-                                             UserRowBatcher)
+                                             UserRowBatcher, UserRowColumns)
 
 Record = Union[Event, DeadLetter, Filtered, Count]
 
@@ -47,8 +47,8 @@ INTERACTIONS_READ = "interactions_read"
 class ParsedLog(NamedTuple):
     """The PCollections a source produces.
 
-    user_rows: :data:`records.UserRows`, ``(user, [(timestamp, order, item), ...])``, one or
-    more per user (:class:`records.UserRowBatcher`); dead_letters: :class:`DeadLetter`;
+    user_rows: :data:`records.UserRows`, ``(user, records.UserRowColumns)``, one or more per
+    user (:class:`records.UserRowBatcher`); dead_letters: :class:`DeadLetter`;
     filtered: ``(reason, n)``; counts: ``(counter name, n)`` (lines read, headers, blanks, interactions read,
     normalisations); item_genres: ``(raw item id, tuple of genre names)``.
     """
@@ -742,8 +742,8 @@ class TfdsMovieLens(beam.PTransform):
 def _synthetic_user(user_index: int, config: synthetic.SyntheticConfig):
     rows = synthetic.user_interactions(user_index, config)
     if rows:
-        yield rows[0][0], [(ts, (0, user_index + 1, pos), item)
-                           for pos, (_, item, ts) in enumerate(rows)]
+        yield rows[0][0], UserRowColumns.from_rows(
+            (ts, (0, user_index + 1, pos), item) for pos, (_, item, ts) in enumerate(rows))
     yield beam.pvalue.TaggedOutput(COUNTS, (INTERACTIONS_READ, len(rows)))
 
 

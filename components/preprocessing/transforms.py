@@ -36,7 +36,7 @@ from components.beam_errors import one_line, quiet_beam_errors
 from components.preprocessing import kcore, readers
 from components.preprocessing.config import (SERVING, SPLITS, TRAIN_SEQUENCES, ProtocolConfig,
                                              WindowConfig)
-from components.preprocessing.records import DeadLetter, InputError
+from components.preprocessing.records import DeadLetter, InputError, UserRowColumns
 from components.preprocessing import sequences as chunks
 from components.preprocessing.schema import (schema_text, sequence_schema,
                                              serving_window_schema, window_schema)
@@ -86,7 +86,10 @@ class PreprocessConfig:
         MovieLens-1M has 661,028 interactions over 3,649 items, the closest simple rule to the
         T2Diff paper's statistics (643,979 / 3,648).
       max_rejected_fraction: fail the run when more of the interactions read were rejected.
-      num_shards: output shards per split (0 lets the runner choose).
+      num_shards: output shards per split. 0 (default) lets the runner choose: each worker
+        writes what it produced, with no shuffle; a fixed count makes Beam group every example
+        by shard first, which on the DirectRunner holds all serialized examples in memory at
+        once (1M KuaiRand-shaped rows: 34 against 27 CPU s, 1.29 against 1.07 GB peak).
       sequences: also write the training data as sequence chunks (``Split-train_sequences``,
         one example per chunk of up to ``L + 1`` items, every training interaction a label
         once) for models that learn from every position; ``None``: windows only.
@@ -102,7 +105,7 @@ class PreprocessConfig:
     kcore_max_rounds: int = 10
     max_user_interactions: Optional[int] = None
     max_rejected_fraction: float = 0.1
-    num_shards: int = 1
+    num_shards: int = 0
     sequences: Optional[SequenceSpec] = None
     serving_windows: bool = True
 
@@ -138,19 +141,20 @@ def split_dir(output_dir: str, split: str) -> str:
 
 
 class _ConcatenateRows(beam.CombineFn):
-    """Concatenates a user's :data:`records.UserRows` lists. A combine, not a GroupByKey: the
-    runner lifts it, so each bundle hands the shuffle one list per user."""
+    """Concatenates a user's :class:`records.UserRowColumns`. A combine, not a GroupByKey: the
+    runner lifts it, so each bundle hands the shuffle one accumulator per user."""
 
     def create_accumulator(self):
-        return []
+        return UserRowColumns()
 
     def add_input(self, accumulator, rows):
-        accumulator.extend(rows)
-        return accumulator
+        return accumulator.extend(rows)
 
     def merge_accumulators(self, accumulators):
         accumulators = iter(accumulators)
-        merged = next(accumulators, [])
+        merged = next(accumulators, None)
+        if merged is None:
+            return UserRowColumns()
         for rows in accumulators:
             merged.extend(rows)
         return merged
@@ -160,12 +164,10 @@ class _ConcatenateRows(beam.CombineFn):
 
 
 def _ordered_sequence(element):
-    """(user, [(timestamp, order, item)]) -> (user, items, timestamps or None), time order,
-    ties in input order."""
+    """(user, UserRowColumns) -> (user, items, timestamps or None), time order, ties in input
+    order."""
     user, rows = element
-    rows = sorted(rows, key=lambda r: (r[0] if r[0] is not None else 0, r[1]))
-    items = [r[2] for r in rows]
-    timestamps = None if any(r[0] is None for r in rows) else [r[0] for r in rows]
+    items, timestamps = rows.ordered()
     return user, items, timestamps
 
 
