@@ -118,6 +118,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data", "ml-1m"))
+    parser.add_argument("--losses", default=None,
+                        help="comma-separated losses to measure (default: every variant); "
+                             "e.g. sampled_softmax,gbce at a catalogue too large for the full "
+                             "softmax's logits")
     parser.add_argument("--variant", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", default="benchmarks/results/sequence_training_speed.json")
     args = parser.parse_args(argv)
@@ -131,7 +135,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     from machine import describe  # benchmarks/machine.py
 
     results = []
+    losses = None if args.losses is None else set(args.losses.split(","))
     for index, variant in enumerate(VARIANTS):
+        if losses is not None and variant["loss"] not in losses:
+            continue
         env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=variant["onednn"],
                    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         child = subprocess.run(

@@ -10,6 +10,13 @@ and batch size, after two warm-up steps that absorb tracing, ``--steps`` optimis
 timed (full softmax, Adam). Recorded: steps/s and windows/s (an epoch of ML-1M's 982,089 labels
 takes 982,089 / windows/s seconds), with the load average, since the machine may be shared.
 Writes ``benchmarks/results/window_model_training_speed.json``.
+
+At another catalogue size and loss, e.g. KuaiRand-27K's (108,025 items, sampled softmax; its
+710,663 training windows at 50 per user):
+
+    ... --models t2diff --batch-sizes 256 --num-items 108025 \
+        --model-config '{"loss": {"kind": "sampled_softmax"}}' --epoch-windows 710663 \
+        --output benchmarks/results/window_model_training_speed_kuairand.json
 """
 
 from __future__ import annotations
@@ -48,12 +55,15 @@ def random_chunks(num_items: int, chunk_length: int, count: int, seed: int):
 
 
 def measure(model_name: str, batch_size: int, steps: int, window_length: int,
-            num_items: int) -> dict:
+            num_items: int, model_config: dict = None, epoch_windows: int = ML1M_LABELS) -> dict:
     chunks = random_chunks(num_items, 201, 600, seed=0)
     config = SequenceWindowConfig(window_length=window_length)
     dataset = sequence_windows_dataset(chunks, config, batch_size, shuffle_buffer=20_000).repeat()
     spec = F.ExampleSpec(history_length=window_length)
-    model = build_model(model_name, {}, num_items=num_items, example_spec=spec)
+    # Zipf-like frequencies (the sampled softmax's logQ correction needs some).
+    frequencies = np.concatenate([[0.0], 1.0 / np.arange(1, num_items + 1)])
+    model = build_model(model_name, dict(model_config or {}), num_items=num_items,
+                        item_frequencies=frequencies, example_spec=spec)
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
     batches = iter(dataset)
     keep = F.QUERY_FEATURES + (F.TARGET,)
@@ -71,7 +81,9 @@ def measure(model_name: str, batch_size: int, steps: int, window_length: int,
     return {"model": model_name, "batch_size": batch_size, "steps": steps,
             "steps_per_second": round(steps / seconds, 3),
             "windows_per_second": round(windows / seconds, 1),
-            "ml1m_epoch_seconds": round(ML1M_LABELS * seconds / windows, 1),
+            "num_items": num_items, "model_config": model_config or {},
+            "epoch_windows": epoch_windows,
+            "epoch_seconds": round(epoch_windows * seconds / windows, 1),
             "load_average_start": round(load, 2),
             "load_average_end": round(os.getloadavg()[0], 2)}
 
@@ -83,13 +95,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--window-length", type=int, default=50)
     parser.add_argument("--num-items", type=int, default=3706)
+    parser.add_argument("--model-config", type=json.loads, default={},
+                        help="the model's config as JSON, e.g. a loss")
+    parser.add_argument("--epoch-windows", type=int, default=ML1M_LABELS,
+                        help="windows in an epoch, for the epoch time (ML-1M's 982,089)")
     parser.add_argument("--output", default=os.path.join(
         ROOT, "benchmarks", "results", "window_model_training_speed.json"))
     args = parser.parse_args()
     results = []
     for name in args.models:
         for batch_size in args.batch_sizes:
-            r = measure(name, batch_size, args.steps, args.window_length, args.num_items)
+            r = measure(name, batch_size, args.steps, args.window_length, args.num_items,
+                        args.model_config, args.epoch_windows)
             results.append(r)
             print(json.dumps(r), flush=True)
     with open(args.output, "w") as f:
