@@ -7,8 +7,9 @@ The windows come from random chunks of ML-1M's shape (``N`` = 3,706 items, chunk
 with random lengths) through the training input pipeline (``sequence_windows_dataset``: window
 ``--window-length``, last-10 sessions), as ``--layout sequences`` trains T2Diff. For each model
 and batch size, after two warm-up steps that absorb tracing, ``--steps`` optimiser steps are
-timed (full softmax, Adam). Recorded: steps/s and windows/s (an epoch of ML-1M's 982,089 labels
-takes 982,089 / windows/s seconds), with the load average, since the machine may be shared.
+timed (Adam; the model's own loss, the full softmax unless ``--model-config`` sets one).
+Recorded: steps/s, windows/s and the time of an epoch of ``--epoch-windows`` windows (default
+ML-1M's 982,089 labels), with the load average, since the machine may be shared.
 Writes ``benchmarks/results/window_model_training_speed.json``.
 
 At another catalogue size and loss, e.g. KuaiRand-27K's (108,025 items, sampled softmax; its
@@ -26,6 +27,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,7 +57,8 @@ def random_chunks(num_items: int, chunk_length: int, count: int, seed: int):
 
 
 def measure(model_name: str, batch_size: int, steps: int, window_length: int,
-            num_items: int, model_config: dict = None, epoch_windows: int = ML1M_LABELS) -> dict:
+            num_items: int, model_config: Optional[dict] = None,
+            epoch_windows: int = ML1M_LABELS) -> dict:
     chunks = random_chunks(num_items, 201, 600, seed=0)
     config = SequenceWindowConfig(window_length=window_length)
     dataset = sequence_windows_dataset(chunks, config, batch_size, shuffle_buffer=20_000).repeat()
