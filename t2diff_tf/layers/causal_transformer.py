@@ -68,18 +68,24 @@ class CausalTransformer(tf.keras.layers.Layer):
             name="positions", shape=[self.max_length, dim],
             initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
         reference = self.block == SASREC_BLOCK
-        kernels = (tf.keras.initializers.RandomNormal(stddev=0.02) if reference
-                   else "glorot_uniform")
+
+        def kernels():
+            # A fresh initializer per kernel: one unseeded Keras initializer instance returns the
+            # same values on every call, so a shared one would start every same-shaped kernel
+            # (both FFN layers of every block) equal.
+            return (tf.keras.initializers.RandomNormal(stddev=0.02) if reference
+                    else "glorot_uniform")
+
         self.attention = [tf.keras.layers.MultiHeadAttention(
             self.num_heads, max(1, dim // self.num_heads), dropout=self.dropout,
-            kernel_initializer=kernels, name=f"attention_{i}") for i in range(self.num_blocks)]
+            kernel_initializer=kernels(), name=f"attention_{i}") for i in range(self.num_blocks)]
         self.attention_norms = [tf.keras.layers.LayerNormalization(epsilon=1e-6)
                                 for _ in range(self.num_blocks)]
         self.ffn = [tf.keras.Sequential(
             [tf.keras.layers.Dense(dim, activation="relu" if reference else "gelu",
-                                   kernel_initializer=kernels),
+                                   kernel_initializer=kernels()),
              tf.keras.layers.Dropout(self.dropout),
-             tf.keras.layers.Dense(dim, kernel_initializer=kernels)]
+             tf.keras.layers.Dense(dim, kernel_initializer=kernels())]
             + ([tf.keras.layers.Dropout(self.dropout)] if reference else []),
             name=f"ffn_{i}") for i in range(self.num_blocks)]
         self.ffn_norms = [tf.keras.layers.LayerNormalization(epsilon=1e-6)

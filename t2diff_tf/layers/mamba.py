@@ -180,10 +180,14 @@ class MambaBlock(tf.keras.layers.Layer):
         inner = self.expand * dim
         rank = self.dt_rank or math.ceil(dim / 16)
         self.inner_dim, self.resolved_dt_rank = inner, rank
-        projection = tf.keras.initializers.RandomNormal(stddev=0.02)
+
+        def projection():
+            # One unseeded initializer instance repeats its values on every call: one per kernel.
+            return tf.keras.initializers.RandomNormal(stddev=0.02)
+
         conv_bound = 1.0 / math.sqrt(self.conv_kernel)
         self.in_kernel = self.add_weight(name="in_kernel", shape=[dim, 2 * inner],
-                                         initializer=projection)
+                                         initializer=projection())
         self.conv_kernel_weights = self.add_weight(
             name="conv_kernel", shape=[self.conv_kernel, inner],
             initializer=tf.keras.initializers.RandomUniform(-conv_bound, conv_bound))
@@ -192,7 +196,7 @@ class MambaBlock(tf.keras.layers.Layer):
             initializer=tf.keras.initializers.RandomUniform(-conv_bound, conv_bound))
         self.x_kernel = self.add_weight(name="x_kernel",
                                         shape=[inner, rank + 2 * self.state_dim],
-                                        initializer=projection)
+                                        initializer=projection())
         self.dt_kernel = self.add_weight(
             name="dt_kernel", shape=[rank, inner],
             initializer=tf.keras.initializers.RandomUniform(-rank ** -0.5, rank ** -0.5))
@@ -205,7 +209,7 @@ class MambaBlock(tf.keras.layers.Layer):
             initializer=lambda shape, dtype=None: tf.broadcast_to(s4d_real, shape))
         self.d_skip = self.add_weight(name="d_skip", shape=[inner], initializer="ones")
         self.out_kernel = self.add_weight(name="out_kernel", shape=[inner, dim],
-                                          initializer=projection)
+                                          initializer=projection())
         super().build(input_shape)
 
     def causal_conv(self, x: tf.Tensor) -> tf.Tensor:

@@ -212,12 +212,17 @@ class StochasticTransformer(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
-        init = tf.keras.initializers.RandomNormal(stddev=0.02)
+
+        def init():
+            # One unseeded initializer instance repeats its values on every call: one per table,
+            # or the mean and covariance positions would start equal.
+            return tf.keras.initializers.RandomNormal(stddev=0.02)
+
         self.mean_positions = self.add_weight(name="mean_positions",
-                                              shape=[self.max_length, dim], initializer=init)
+                                              shape=[self.max_length, dim], initializer=init())
         self.covariance_positions = self.add_weight(name="covariance_positions",
                                                     shape=[self.max_length, dim],
-                                                    initializer=init)
+                                                    initializer=init())
 
         def norm(name):
             return tf.keras.layers.LayerNormalization(epsilon=1e-12, name=name)

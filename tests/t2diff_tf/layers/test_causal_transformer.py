@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from t2diff_tf.layers.causal_transformer import (BLOCK_STYLES, POSITION_ORIGINS,
                                                  CausalTransformer)
+from tests.t2diff_tf.layers.initial_weights import assert_random_weights_start_apart
 
 
 def _inputs(batch=3, length=7, dim=8):
@@ -123,3 +124,10 @@ def test_sasrec_block_kernels_start_from_normal_0_02():
     relu = layer.ffn[0].layers[0].activation
     assert relu is tf.keras.activations.relu
 
+
+
+@pytest.mark.parametrize("block", BLOCK_STYLES)
+def test_no_two_kernels_start_equal(block):
+    layer = CausalTransformer(max_length=7, num_blocks=2, block=block)
+    layer(tf.zeros([1, 7, 16]), mask=tf.ones([1, 7], tf.bool))
+    assert_random_weights_start_apart(layer)

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from t2diff_tf.layers.mamba import MambaBlock, MambaEncoder, linear_recurrence, selective_scan
+from tests.t2diff_tf.layers.initial_weights import assert_random_weights_start_apart
 
 
 def _softplus(v):
@@ -147,3 +148,10 @@ def test_layer_configs_round_trip():
     clone = MambaEncoder.from_config(encoder.get_config())
     assert (clone.num_blocks, clone.state_dim, clone.conv_kernel, clone.expand, clone.dt_rank,
             clone.dropout, clone.scan) == (2, 8, 3, 3, None, 0.1, "sequential")
+
+
+def test_no_two_projections_start_from_the_same_draws():
+    layer = MambaEncoder(num_blocks=2, state_dim=4, dropout=0.0)
+    x, mask = _encoder_inputs()
+    layer(x, mask=mask)
+    assert_random_weights_start_apart(layer)

@@ -7,6 +7,7 @@ import tensorflow as tf
 from t2diff_tf.layers.wasserstein_attention import (StochasticTransformer, WassersteinAttention,
                                                     pairwise_squared_wasserstein,
                                                     squared_wasserstein)
+from tests.t2diff_tf.layers.initial_weights import assert_random_weights_start_apart
 from tests.t2diff_tf.models.reference import squared_wasserstein_numpy as _w2
 
 
@@ -79,3 +80,10 @@ def test_layers_config_round_trip():
     clone = StochasticTransformer.from_config(encoder.get_config())
     assert (clone.max_length, clone.num_blocks, clone.num_heads, clone.dropout,
             clone.attention_dropout, clone.activation) == (7, 3, 2, 0.3, 0.1, "relu")
+
+
+def test_no_two_weights_start_equal():
+    encoder = StochasticTransformer(7, num_blocks=2, num_heads=2)
+    x = tf.random.normal([2, 7, 8], seed=1)
+    encoder(x, x, mask=tf.ones([2, 7], tf.bool))
+    assert_random_weights_start_apart(encoder)
