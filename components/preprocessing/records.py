@@ -26,15 +26,40 @@ class Event(NamedTuple):
 UserRow = Tuple[Optional[int], Tuple[int, int, int], str]
 
 
+#: Bits of a packed input position ``(file, line, position)``: 16 + 32 + 15 = 63, so a packed
+#: position is a non-negative int64 and orders exactly as the tuple does.
+_FILE_BITS, _LINE_BITS, _POSITION_BITS = 16, 32, 15
+
+
+def _pack(order: Tuple[int, int, int]) -> Optional[int]:
+    """``(file, line, position)`` as one int64 ordering as the tuple, or ``None`` when a part
+    is out of its bits' range."""
+    f, line, p = order
+    if 0 <= f < 1 << _FILE_BITS and 0 <= line < 1 << _LINE_BITS and 0 <= p < 1 << _POSITION_BITS:
+        return (f << (_LINE_BITS + _POSITION_BITS)) | (line << _POSITION_BITS) | p
+    return None
+
+
+def _unpack(key: int) -> Tuple[int, int, int]:
+    return (key >> (_LINE_BITS + _POSITION_BITS),
+            (key >> _POSITION_BITS) & ((1 << _LINE_BITS) - 1),
+            key & ((1 << _POSITION_BITS) - 1))
+
+
 class UserRowColumns:
     """Some of one user's interactions, column by column: timestamps and input positions in
     ``array('q')`` s, item ids in a list.
 
     This is what the per-user grouping carries and holds, so its size is the preprocessing's
-    memory: about 40 bytes an interaction (8 for the timestamp, 24 for the position, 8 for a
-    reference to an item id that readers share between rows), against about 250 for a tuple of
-    Python objects per interaction, and it crosses Beam's stage boundaries as a few byte
-    strings instead of one pickled tuple per interaction.
+    memory: about 24 bytes an interaction (8 for the timestamp, 8 for the input position
+    packed into one int64, 8 for a reference to an item id that readers share between rows),
+    against about 250 for a tuple of Python objects per interaction, and it crosses Beam's
+    stage boundaries as a few byte strings instead of one pickled tuple per interaction.
+
+    The input position ``(file index, line, position in line)`` breaks time ties in input
+    order. It is packed into one int64 while every part fits (65,536 files, 2**32 lines a
+    file, 32,768 interactions a line); a row that does not fit turns these columns ``wide``
+    (three int64 a row), which order the same way.
 
     A row's missing timestamp (a log without time) is stored as ``UNTIMED`` (the smallest
     int64, outside every accepted time) and counted in ``untimed``: it orders as time 0, and
@@ -43,12 +68,13 @@ class UserRowColumns:
 
     UNTIMED = -(2 ** 63)
 
-    __slots__ = ("timestamps", "untimed", "order", "items")
+    __slots__ = ("timestamps", "untimed", "order", "wide", "items")
 
     def __init__(self):
         self.timestamps = array("q")
         self.untimed = 0
-        self.order = array("q")  # (file index, line, position) per row, flattened
+        self.order = array("q")  # packed input positions, or (file, line, position) if wide
+        self.wide = False
         self.items: List[str] = []
 
     @classmethod
@@ -62,26 +88,50 @@ class UserRowColumns:
         if timestamp is None:
             self.untimed += 1
             timestamp = self.UNTIMED
+        if not self.wide:
+            key = _pack(order)
+            if key is None:
+                self._widen()
+        if self.wide:
+            self.order.extend(order)
+        else:
+            self.order.append(key)
         self.timestamps.append(timestamp)
-        self.order.extend(order)
         self.items.append(item)
 
+    def _wide_order(self) -> array:
+        if self.wide:
+            return self.order
+        wide = array("q")
+        for key in self.order:
+            wide.extend(_unpack(key))
+        return wide
+
+    def _widen(self) -> None:
+        self.order, self.wide = self._wide_order(), True
+
     def extend(self, other: "UserRowColumns") -> "UserRowColumns":
+        if other.wide and not self.wide:
+            self._widen()
+        self.order.extend(other._wide_order() if self.wide else other.order)
         self.timestamps.extend(other.timestamps)
         self.untimed += other.untimed
-        self.order.extend(other.order)
         self.items.extend(other.items)
         return self
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def _orders(self) -> List[Tuple[int, int, int]]:
+        if not self.wide:
+            return [_unpack(key) for key in self.order]
+        order = self.order
+        return [(order[3 * i], order[3 * i + 1], order[3 * i + 2]) for i in range(len(self))]
+
     def rows(self) -> List[UserRow]:
         """The rows as tuples, in the order they were added."""
-        order = self.order
-        return [(None if t == self.UNTIMED else t, (order[3 * i], order[3 * i + 1],
-                                                     order[3 * i + 2]), item)
-                for i, (t, item) in enumerate(zip(self.timestamps, self.items))]
+        return [(None if t == self.UNTIMED else t, order, item)
+                for t, order, item in zip(self.timestamps, self._orders(), self.items)]
 
     def ordered(self) -> Tuple[List[str], Optional[List[int]]]:
         """``(items, timestamps or None)`` in time order, ties in input order (file, line,
@@ -89,17 +139,21 @@ class UserRowColumns:
         timestamps = np.frombuffer(self.timestamps, dtype=np.int64)
         if self.untimed:
             timestamps = np.where(timestamps == self.UNTIMED, 0, timestamps)
-        order = np.frombuffer(self.order, dtype=np.int64).reshape(-1, 3)
         # lexsort sorts by the last key first, and is stable.
-        keys = np.lexsort((order[:, 2], order[:, 1], order[:, 0], timestamps))
+        if self.wide:
+            order = np.frombuffer(self.order, dtype=np.int64).reshape(-1, 3)
+            keys = np.lexsort((order[:, 2], order[:, 1], order[:, 0], timestamps))
+        else:
+            keys = np.lexsort((np.frombuffer(self.order, dtype=np.int64), timestamps))
         items = [self.items[i] for i in keys.tolist()]
         return items, None if self.untimed else timestamps[keys].tolist()
 
     def __getstate__(self):
-        return (self.timestamps.tobytes(), self.untimed, self.order.tobytes(), self.items)
+        return (self.timestamps.tobytes(), self.untimed, self.order.tobytes(), self.wide,
+                self.items)
 
     def __setstate__(self, state):
-        timestamps, self.untimed, order, self.items = state
+        timestamps, self.untimed, order, self.wide, self.items = state
         self.timestamps = array("q")
         self.timestamps.frombytes(timestamps)
         self.order = array("q")

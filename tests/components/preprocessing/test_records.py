@@ -31,6 +31,36 @@ def test_ordered_matches_the_tuple_rule_with_ties_and_missing_times():
         assert UserRowColumns.from_rows(rows).ordered() == _reference_order(rows)
 
 
+def test_positions_beyond_the_packed_range_order_the_same():
+    """A row whose file, line or position does not fit the packed int64 turns the columns wide;
+    ordering, rows, concatenation (packed with wide, both ways) and pickling are unchanged."""
+    rng = random.Random(2)
+    big = [(1 << 16) + 1, (1 << 32) + 5, (1 << 15) + 3]
+
+    def rows_with_big_parts(n):
+        rows = _random_rows(rng, n)
+        for i in rng.sample(range(n), k=max(1, n // 4)):
+            t, order, item = rows[i]
+            part = rng.randrange(3)
+            order = tuple(big[part] + rng.randrange(2) if j == part else v
+                          for j, v in enumerate(order))
+            rows[i] = (t, order, item)
+        return rows
+
+    for _ in range(50):
+        packed, wide = _random_rows(rng, rng.randrange(1, 30)), rows_with_big_parts(
+            rng.randrange(1, 30))
+        columns = UserRowColumns.from_rows(wide)
+        assert columns.wide and columns.rows() == wide
+        assert columns.ordered() == _reference_order(wide)
+        assert not UserRowColumns.from_rows(packed).wide
+        for a, b in ((packed, wide), (wide, packed)):
+            merged = UserRowColumns.from_rows(a).extend(UserRowColumns.from_rows(b))
+            assert merged.wide and merged.rows() == a + b
+            assert merged.ordered() == _reference_order(a + b)
+            assert pickle.loads(pickle.dumps(merged)).rows() == a + b
+
+
 def test_extend_concatenates_and_pickling_round_trips():
     rng = random.Random(1)
     a, b = _random_rows(rng, 17), _random_rows(rng, 5, untimed=True)
@@ -43,9 +73,9 @@ def test_extend_concatenates_and_pickling_round_trips():
     assert UserRowColumns().ordered() == ([], [])
 
 
-def test_columns_hold_a_row_in_about_40_bytes():
-    """1,000 rows over 10 shared item ids: timestamps, positions and item references take
-    about 40 bytes a row (tuples of Python objects took about 250)."""
+def test_columns_hold_a_row_in_about_24_bytes():
+    """1,000 rows over 10 shared item ids: timestamps, packed positions and item references
+    take about 24 bytes a row (tuples of Python objects took about 250)."""
     batcher = UserRowBatcher()
     for i in range(1000):
         # A fresh string per row, as a parser produces; the batcher shares equal ids.
@@ -55,8 +85,9 @@ def test_columns_hold_a_row_in_about_40_bytes():
     assert len({id(item) for item in rows.items}) == 10
     held = (sys.getsizeof(rows.timestamps) + sys.getsizeof(rows.order)
             + sys.getsizeof(rows.items))
-    assert held / 1000 < 48
-    assert len(pickle.dumps(rows)) / 1000 < 40
+    assert not rows.wide
+    assert held / 1000 < 32
+    assert len(pickle.dumps(rows)) / 1000 < 24
 
 
 def test_batcher_flushes_at_max_rows_and_loses_nothing():
