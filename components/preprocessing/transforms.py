@@ -41,6 +41,7 @@ from components.preprocessing.records import DeadLetter, InputError, UserRowColu
 from components.preprocessing import sequences as chunks
 from components.preprocessing.schema import (schema_text, sequence_schema,
                                              serving_window_schema, window_schema)
+from components.preprocessing.tfrecord_batches import WriteTFRecordBatches
 from components.preprocessing.vocabulary import (ITEM_FEATURES_FILE, VOCABULARY_FILE, ItemFeatures,
                                                  Vocabulary)
 from components.preprocessing.windows import (serving_example, serving_window, to_example,
@@ -224,9 +225,10 @@ class _FilterUsers(beam.DoFn):
 
 
 class _MakeWindows(beam.DoFn):
-    """Kept user sequence -> serialized tf.Examples tagged by split (and the user's serving
-    window, tagged ``serving``, when asked for), and ``(counter, examples)`` per user and split
-    tagged ``COUNTS`` (one counter element per window cost a Beam element per example)."""
+    """Kept user sequence -> the user's serialized tf.Examples of each split, one list per split
+    tagged by it (and the user's serving window, tagged ``serving``, when asked for), and
+    ``(counter, examples)`` per user and split tagged ``COUNTS``: one Beam element per user and
+    split, not per example (:mod:`~components.preprocessing.tfrecord_batches`)."""
 
     COUNTS = "counts"
 
@@ -238,20 +240,19 @@ class _MakeWindows(beam.DoFn):
     def process(self, sequence, lookup: Dict[str, int]):
         user, items, timestamps = sequence
         ids = [lookup[item] for item in items]
-        counts = collections.Counter()
+        examples: Dict[str, List[bytes]] = {}
         for split, w in user_windows(user, ids, timestamps, self._window, self._protocol):
             # Deterministic: features in name order, so every runner and process writes the same
             # bytes (the default follows the map's hash order, which differs between processes).
-            yield beam.pvalue.TaggedOutput(
-                split, to_example(w).SerializeToString(deterministic=True))
-            counts[split] += 1
+            examples.setdefault(split, []).append(
+                to_example(w).SerializeToString(deterministic=True))
         if self._serving:
-            yield beam.pvalue.TaggedOutput(SERVING, serving_example(
+            examples[SERVING] = [serving_example(
                 serving_window(user, ids, timestamps, self._window)).SerializeToString(
-                deterministic=True))
-            counts[SERVING] += 1
-        for split, n in counts.items():
-            yield beam.pvalue.TaggedOutput(self.COUNTS, (f"examples.{split}", n))
+                deterministic=True)]
+        for split, batch in examples.items():
+            yield beam.pvalue.TaggedOutput(split, batch)
+            yield beam.pvalue.TaggedOutput(self.COUNTS, (f"examples.{split}", len(batch)))
 
 
 class _MakeChunks(beam.DoFn):
@@ -392,7 +393,7 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
     shards = config.num_shards
     window_splits = SPLITS + ((SERVING,) if config.serving_windows else ())
     for split in window_splits:
-        _ = windows[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
+        _ = windows[split] | f"Write{split.title()}" >> WriteTFRecordBatches(
             os.path.join(split_dir(output_dir, split), "data_tfrecord"),
             file_name_suffix=".gz", num_shards=shards)
 
