@@ -79,8 +79,9 @@ def main(argv=None) -> int:
         "command": "python benchmarks/pipeline_scale.py " + " ".join(argv or sys.argv[1:]),
         "pipeline_command": " ".join(command[1:]),
         "machine": machine.describe(),
-        "note": "taken on a shared machine loaded by other work (load_average_mean); the target "
-                "is for an idle machine",
+        "note": "load_average_mean counts the run's own processes (about 2 on an idle 2-core "
+                "machine); above that, other work shared the machine, and the target is for an "
+                "idle one",
         "rows": args.rows, "exit_code": code, "wall_seconds": round(wall, 1),
         "peak_rss_gb": round(max((s for _, s in samples), default=0) / 1e9, 2),
         "load_average_mean": round(sum(loads) / max(1, len(loads)), 2),
