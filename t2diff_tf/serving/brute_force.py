@@ -63,10 +63,11 @@ def numpy_top_k(queries: np.ndarray, candidates: np.ndarray, k: int,
     """Reference exact top-K in numpy: ``(scores [b, k], rows [b, k])``, best first.
 
     ``argpartition`` then a sort of the ``k`` survivors, so it costs ``O(N)`` per query beyond
-    the matmul. Ties are broken towards the lower row, also across the k-th place (``tf.math.top_k``'s
-    rule; plain ``argpartition`` splits tied scores at the cut arbitrarily). Queries go through in blocks of at most
-    ``max_scores`` scores (``[rows, N]``, at least one query a block), so memory stays bounded
-    by the block, not by ``b x N``; each query's result does not depend on the blocking.
+    the matmul. Ties are broken towards the lower row, also across the k-th place
+    (``tf.math.top_k``'s rule; plain ``argpartition`` splits tied scores at the cut
+    arbitrarily). Queries go through in blocks of at most ``max_scores`` scores (``[rows, N]``,
+    at least one query a block), so memory stays bounded by the block, not by ``b x N``; each
+    query's result does not depend on the blocking.
     """
     queries = np.asarray(queries, np.float32)
     candidates = np.asarray(candidates, np.float32)
@@ -74,6 +75,8 @@ def numpy_top_k(queries: np.ndarray, candidates: np.ndarray, k: int,
     rows_per_block = max(1, int(max_scores) // max(1, candidates.shape[0]))
     top_scores = np.empty((queries.shape[0], k), np.float32)
     top_rows = np.empty((queries.shape[0], k), np.int64)
+    if k <= 0:
+        return top_scores, top_rows
     for begin in range(0, queries.shape[0], rows_per_block):
         end = begin + rows_per_block
         top_scores[begin:end], top_rows[begin:end] = _block_top_k(queries[begin:end],
@@ -87,11 +90,11 @@ def _block_top_k(queries: np.ndarray, candidates: np.ndarray, k: int
     scores = queries @ candidates.T
     if k < scores.shape[1]:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
+        kept = np.take_along_axis(scores, part, axis=1)
+        kth = kept.min(axis=1, keepdims=True)
         # argpartition splits equal scores at the cut arbitrarily; where the k-th score is tied
         # beyond the cut, take the tied rows from the lowest up, as tf.math.top_k does
-        straddling = np.flatnonzero((scores == kth).sum(axis=1)
-                                    > (np.take_along_axis(scores, part, axis=1) == kth).sum(axis=1))
+        straddling = np.flatnonzero((scores == kth).sum(axis=1) > (kept == kth).sum(axis=1))
         for query in straddling:
             above = np.flatnonzero(scores[query] > kth[query, 0])
             tied = np.flatnonzero(scores[query] == kth[query, 0])[:k - above.size]

@@ -53,3 +53,5 @@ def test_k_capped_at_candidates_and_no_queries():
     assert np.all(np.diff(scores, axis=1) <= 0)
     scores, rows = numpy_top_k(np.zeros((0, 2)), candidates, 3)
     assert scores.shape == (0, 3) and rows.shape == (0, 3)
+    scores, rows = numpy_top_k(rng.normal(size=(2, 2)), candidates, 0)
+    assert scores.shape == (2, 0) and rows.shape == (2, 0)
