@@ -44,8 +44,7 @@ from components.preprocessing.schema import (schema_text, sequence_schema,
 from components.preprocessing.tfrecord_batches import WriteTFRecordBatches
 from components.preprocessing.vocabulary import (ITEM_FEATURES_FILE, VOCABULARY_FILE, ItemFeatures,
                                                  Vocabulary)
-from components.preprocessing.windows import (serving_example, serving_window, to_example,
-                                              user_windows)
+from components.preprocessing.windows import serving_window_example, user_window_examples
 from t2diff_tf.features import ExampleSpec, SequenceSpec
 
 STATS_FILE = "stats.json"
@@ -240,16 +239,11 @@ class _MakeWindows(beam.DoFn):
     def process(self, sequence, lookup: Dict[str, int]):
         user, items, timestamps = sequence
         ids = [lookup[item] for item in items]
-        examples: Dict[str, List[bytes]] = {}
-        for split, w in user_windows(user, ids, timestamps, self._window, self._protocol):
-            # Deterministic: features in name order, so every runner and process writes the same
-            # bytes (the default follows the map's hash order, which differs between processes).
-            examples.setdefault(split, []).append(
-                to_example(w).SerializeToString(deterministic=True))
+        # Deterministic bytes (features in one fixed order), so every runner and process writes
+        # the same files; built without a proto per window (example_bytes.py).
+        examples = user_window_examples(user, ids, timestamps, self._window, self._protocol)
         if self._serving:
-            examples[SERVING] = [serving_example(
-                serving_window(user, ids, timestamps, self._window)).SerializeToString(
-                deterministic=True)]
+            examples[SERVING] = [serving_window_example(user, ids, timestamps, self._window)]
         for split, batch in examples.items():
             yield beam.pvalue.TaggedOutput(split, batch)
             yield beam.pvalue.TaggedOutput(self.COUNTS, (f"examples.{split}", len(batch)))

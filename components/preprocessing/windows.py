@@ -7,11 +7,12 @@ the two can never disagree.
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from components.preprocessing import example_bytes
 from components.preprocessing.config import (LAST_K, LEAVE_ONE_OUT, TEST, TRAIN, VALIDATION,
                                              ProtocolConfig, WindowConfig)
 from t2diff_tf import features as F
@@ -110,6 +111,20 @@ def serving_example(window: Window) -> tf.train.Example:
                             + (F.TARGET_TIMESTAMP,)}, window[F.USER_ID])
 
 
+def serving_window_example(user: str, items: Sequence[int],
+                           timestamps: Optional[Sequence[int]], config: WindowConfig) -> bytes:
+    """The serialized :func:`serving_example` of :func:`serving_window` (the same bytes as its
+    ``SerializeToString(deterministic=True)``; a test holds them equal), from
+    :func:`window_arrays` without a proto."""
+    if len(items) < 1:
+        raise ValueError("a serving window needs at least one behaviour")
+    features = window_arrays(user, list(items) + [F.PADDING_ID],
+                             None if timestamps is None else list(timestamps) + [timestamps[-1]],
+                             np.array([len(items)], np.int64), config)
+    return example_bytes.int64_examples(
+        {name: features[name] for name in F.QUERY_FEATURES + (F.TARGET_TIMESTAMP,)}, user)[0]
+
+
 def user_fraction(user: str, seed: int) -> float:
     """A uniform number in [0, 1) fixed by ``(seed, user)``: stable across runs and runners."""
     digest = hashlib.sha256(f"{seed}:{user}".encode()).digest()
@@ -151,18 +166,26 @@ def time_lag_buckets(gaps: np.ndarray, num_buckets: int) -> np.ndarray:
     return np.minimum(num_buckets - 1, np.frexp((gaps + 1).astype(np.float64))[1])
 
 
-def user_windows(user: str, items: Sequence[int], timestamps: Optional[Sequence[int]],
-                 window: WindowConfig, protocol: ProtocolConfig
-                 ) -> Iterator[Tuple[str, Window]]:
-    """Every ``(split, window)`` of one user under ``protocol``: :func:`make_window` of each
-    target position, computed for all of them at once with numpy (the preprocessing's hot
-    loop: a Python loop per window position costs about 4x more; a test checks that the two
-    agree)."""
-    targets = target_positions(user, len(items), protocol)
-    if not targets:
-        return
+class UserWindowArrays(NamedTuple):
+    """Every window of one user, feature by feature: ``splits[r]`` and ``target_positions[r]``
+    name row ``r``; ``features`` maps each of ``features.SEQUENCE_FEATURES`` to ``[rows, L]``
+    and each of ``features.SCALAR_FEATURES`` to ``[rows]`` (int64)."""
+
+    splits: List[str]
+    target_positions: List[int]
+    features: Dict[str, np.ndarray]
+
+
+def window_arrays(user: str, items: Sequence[int], timestamps: Optional[Sequence[int]],
+                  positions: np.ndarray, window: WindowConfig) -> Dict[str, np.ndarray]:
+    """:func:`make_window` of each target position in ``positions`` ``[P]`` (each ``>= 1``),
+    computed for all of them at once with numpy (the preprocessing's hot loop: a Python loop
+    per window position costs about 4x more; a test checks that the two agree).
+
+    Returns each of ``features.SEQUENCE_FEATURES`` as ``[P, L]`` and each of
+    ``features.SCALAR_FEATURES`` as ``[P]`` (int64).
+    """
     L = window.example.history_length
-    positions = np.fromiter((p for _, p in targets), np.int64, len(targets))
     index = positions[:, None] + np.arange(-L, 0)                    # [P, L] behaviour indices
     valid = index >= 0
     safe = np.where(valid, index, 0)
@@ -189,19 +212,53 @@ def user_windows(user: str, items: Sequence[int], timestamps: Optional[Sequence[
                          f"(user {user}'s behaviours are not in time order)")
     lags = np.where(valid, time_lag_buckets(np.maximum(gaps, 0), window.example.num_time_lag_buckets),
                     0)
+    return {F.HISTORY: history, F.HISTORY_TIME_LAG: lags, F.HISTORY_SESSION: session,
+            F.SESSION_LENGTH: session_length, F.TARGET: ids[positions],
+            F.TARGET_TIMESTAMP: target_times}
 
-    history, lags, session = history.tolist(), lags.tolist(), session.tolist()
-    session_length, target_times = session_length.tolist(), target_times.tolist()
-    for row, (split, pos) in enumerate(targets):
-        yield split, {
-            F.USER_ID: user,
-            F.HISTORY: history[row],
-            F.HISTORY_TIME_LAG: lags[row],
-            F.HISTORY_SESSION: session[row],
-            F.SESSION_LENGTH: session_length[row],
-            F.TARGET: int(items[pos]),
-            F.TARGET_TIMESTAMP: target_times[row],
-        }
+
+def user_window_arrays(user: str, items: Sequence[int], timestamps: Optional[Sequence[int]],
+                       window: WindowConfig, protocol: ProtocolConfig
+                       ) -> Optional[UserWindowArrays]:
+    """Every window of one user under ``protocol`` (:func:`window_arrays` of its target
+    positions); ``None`` when the user has no target."""
+    targets = target_positions(user, len(items), protocol)
+    if not targets:
+        return None
+    positions = np.fromiter((p for _, p in targets), np.int64, len(targets))
+    return UserWindowArrays(splits=[split for split, _ in targets],
+                            target_positions=positions.tolist(),
+                            features=window_arrays(user, items, timestamps, positions, window))
+
+
+def user_windows(user: str, items: Sequence[int], timestamps: Optional[Sequence[int]],
+                 window: WindowConfig, protocol: ProtocolConfig
+                 ) -> Iterator[Tuple[str, Window]]:
+    """Every ``(split, window)`` of one user under ``protocol``, as :func:`make_window` dicts
+    (from :func:`user_window_arrays`)."""
+    arrays = user_window_arrays(user, items, timestamps, window, protocol)
+    if arrays is None:
+        return
+    values = {name: a.tolist() for name, a in arrays.features.items()}
+    for row, split in enumerate(arrays.splits):
+        yield split, {F.USER_ID: user, **{name: v[row] for name, v in values.items()}}
+
+
+def user_window_examples(user: str, items: Sequence[int], timestamps: Optional[Sequence[int]],
+                         window: WindowConfig, protocol: ProtocolConfig
+                         ) -> Dict[str, List[bytes]]:
+    """The serialized examples of every window of one user, by split, in target order: the
+    bytes of ``to_example(w).SerializeToString(deterministic=True)`` for each ``w`` of
+    :func:`user_windows`, written without a proto per window
+    (``example_bytes.int64_examples``; a test holds the two equal)."""
+    arrays = user_window_arrays(user, items, timestamps, window, protocol)
+    if arrays is None:
+        return {}
+    serialized = example_bytes.int64_examples(arrays.features, user)
+    examples: Dict[str, List[bytes]] = {}
+    for split, example in zip(arrays.splits, serialized):
+        examples.setdefault(split, []).append(example)
+    return examples
 
 
 def to_example(window: Window) -> tf.train.Example:

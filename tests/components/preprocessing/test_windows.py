@@ -7,7 +7,7 @@ import tensorflow as tf
 from components.preprocessing.config import (TEST, TIME_GAP, TRAIN, USER_HOLDOUT,
                                              VALIDATION, ProtocolConfig, WindowConfig)
 from components.preprocessing.windows import (holdout_split, make_window, target_positions,
-                                              to_example, user_windows)
+                                              to_example, user_window_examples, user_windows)
 from t2diff_tf import features as F
 from t2diff_tf.features import ExampleSpec, time_lag_bucket
 
@@ -130,6 +130,30 @@ def test_user_windows_at_once_equal_make_window_one_at_a_time(mode, with_time, p
         assert got == expected
 
 
+@pytest.mark.parametrize("mode, with_time, protocol", [
+    ("last_k", False, ProtocolConfig()),
+    (TIME_GAP, True, ProtocolConfig(max_train_windows_per_user=4)),
+    (TIME_GAP, True, ProtocolConfig(name=USER_HOLDOUT, max_train_windows_per_user=None,
+                                    min_target_position=4)),
+])
+def test_user_window_examples_are_the_bytes_of_each_window_proto(mode, with_time, protocol):
+    """What the preprocessing writes (no proto per window) is byte for byte the deterministic
+    serialization of ``to_example`` of each window, split by split in target order."""
+    window = WindowConfig(ExampleSpec(history_length=6, num_time_lag_buckets=40),
+                          session_mode=mode, session_k=2, session_gap_seconds=100)
+    rng = np.random.default_rng(5)
+    for user in range(30):
+        n = int(rng.integers(2, 25))
+        items = [int(i) for i in rng.integers(1, 200_000, size=n)]
+        times = (np.cumsum(rng.choice([0, 1, 100, 101, 2 ** 40], size=n)) + 1_600_000_000
+                 ).tolist() if with_time else None
+        expected = {}
+        for split, w in user_windows(f"user-{user}", items, times, window, protocol):
+            expected.setdefault(split, []).append(
+                to_example(w).SerializeToString(deterministic=True))
+        assert user_window_examples(f"user-{user}", items, times, window, protocol) == expected
+
+
 def test_user_windows_refuse_behaviours_out_of_time_order():
     with pytest.raises(ValueError, match="time order"):
         list(user_windows("u", [1, 2, 3, 4], [10, 5, 20, 30], WIN, ProtocolConfig()))
@@ -140,7 +164,8 @@ def test_user_windows_refuse_behaviours_out_of_time_order():
 def test_serving_window_is_the_window_of_a_next_item_at_the_latest_time(mode, with_time):
     """A serving window is ``make_window``'s window for an item appended after the latest one
     (at the latest timestamp), without the target: the last behaviour is in the history."""
-    from components.preprocessing.windows import serving_window
+    from components.preprocessing.windows import (serving_example, serving_window,
+                                                  serving_window_example)
 
     window = WindowConfig(ExampleSpec(history_length=6), session_mode=mode, session_k=2,
                           session_gap_seconds=100)
@@ -158,3 +183,6 @@ def test_serving_window_is_the_window_of_a_next_item_at_the_latest_time(mode, wi
         assert got[F.HISTORY_TIME_LAG][-1] == (1 if with_time else 2)
         assert got[F.TARGET_TIMESTAMP] == (times[-1] if with_time else 0)
         assert got[F.HISTORY_SESSION][-1] == 0 and F.TARGET not in got
+        # What the preprocessing writes: the same bytes, without a proto.
+        assert serving_window_example("u", items, times, window) == serving_example(
+            got).SerializeToString(deterministic=True)
