@@ -29,8 +29,9 @@ from components.preprocessing import synthetic
 from components.preprocessing.input_files import (  # noqa: F401  (re-exported)
     check_data_files, first_line, open_binary, parse_header, read_lines, resolve_files)
 from components.preprocessing.input_files import Line, chunk_lines, decode_line, file_chunks
+from components.preprocessing.csv_blocks import FilterRule, PlainCsvBlocks
 from components.preprocessing.records import (Count, DeadLetter, Event, Filtered, InputError,
-                                             UserRowBatcher, UserRowColumns)
+                                             PlainRows, UserRowBatcher, UserRowColumns)
 
 Record = Union[Event, DeadLetter, Filtered, Count]
 
@@ -109,6 +110,12 @@ class LineParser:
         surrogate was not UTF-8 and must not match. ``None`` (default): no shortcut."""
         return None
 
+    def plain_block_parser(self, header) -> Optional[PlainCsvBlocks]:
+        """An optional parser of whole pieces of lines at once (``csv_blocks.py``), taking
+        exactly the lines ``clean_line_matcher`` would and making the same records of them.
+        ``None`` (default): lines are matched one by one."""
+        return None
+
 
 def parse_line(parser: LineParser, line: str, path: str, line_no: int, file_index: int,
                header) -> Iterator[Record]:
@@ -131,17 +138,21 @@ def parse_line(parser: LineParser, line: str, path: str, line_no: int, file_inde
 
 
 def read_file_records(parser: LineParser, path: str, file_index: int, chunks=None, header=None,
-                      fast: bool = True) -> Iterator[Union[Record, Tuple[str, int]]]:
+                      fast: bool = True, plain_rows: bool = False
+                      ) -> Iterator[Union[Record, PlainRows, Tuple[str, int]]]:
     """Every record of the file at ``path``, then its counters as ``(name, n)`` tuples.
 
     ``chunks`` (``(first line number, bytes of whole lines)`` pieces, default: the whole file
     via ``input_files.file_chunks``) reads part of the file, e.g. one ``file_blocks`` block,
     with ``header`` parsed beforehand when the part has no line 1.
 
-    With ``fast`` (default), a piece that is valid UTF-8 is decoded in one call, and each line
-    that ``parser.clean_line_matcher`` accepts becomes its :class:`Event` without the general
-    path; every other line takes the general path. A test holds both paths to the same
-    records on fuzzed files.
+    With ``fast`` (default), the plain lines of a piece are parsed together when the parser
+    has a ``plain_block_parser`` (Arrow, in columns), else a piece that is valid UTF-8 is
+    decoded in one call and each line that ``parser.clean_line_matcher`` accepts becomes its
+    :class:`Event`; every other line takes the general path. Records come in line order. With
+    ``plain_rows``, the plain lines of a piece come as one :class:`records.PlainRows` instead
+    of a record each, after the piece's other records. A test holds every path to the same
+    records and counts on fuzzed files.
 
     Raises:
       InputError: ``path:line`` when the file cannot be read further, or its header is bad.
@@ -173,7 +184,22 @@ def read_file_records(parser: LineParser, path: str, file_index: int, chunks=Non
             counts[INTERACTIONS_READ] += 1 if isinstance(record, Event) else record.interactions
             yield record
 
-    match, matcher_header = None, object()  # the matcher is built once per header
+    def plain_piece(number: int, data: bytes):
+        parsed = block.parse(data, number, file_index)
+        if parsed is None:
+            return False
+        rows, others = parsed
+        raws = data.split(b"\n") if others else []
+
+        def other_records():
+            for line_no in others:
+                yield line_no, general(decode_line(raws[line_no - number] + b"\n", line_no))
+
+        counts[LINES_READ] += len(rows)
+        counts[INTERACTIONS_READ] += len(rows)
+        return rows, other_records()
+
+    match, block, matcher_header = None, None, object()  # built once per header
     for number, data in (file_chunks(path) if chunks is None else chunks):
         if fast and number == 1:  # line 1 (a header, a BOM) always takes the general path
             cut = data.find(b"\n") + 1 or len(data)
@@ -183,7 +209,30 @@ def read_file_records(parser: LineParser, path: str, file_index: int, chunks=Non
         if fast and header is not matcher_header and (
                 header is not None or not parser.has_header):
             match, matcher_header = parser.clean_line_matcher(header), header
+            block = parser.plain_block_parser(header)
         if not data:
+            continue
+        whole = data.rfind(b"\n") + 1
+        piece = plain_piece(number, data[:whole]) if block is not None and whole else False
+        if piece:
+            rows, others = piece
+            if plain_rows:
+                for _, records in others:
+                    yield from records
+                yield rows
+            else:  # the plain rows' records and the other lines', merged in line order
+                plain = rows.records()
+                nxt = next(plain, None)
+                for line_no, records in others:
+                    while nxt is not None and nxt[0] < line_no:
+                        yield nxt[1]
+                        nxt = next(plain, None)
+                    yield from records
+                while nxt is not None:
+                    yield nxt[1]
+                    nxt = next(plain, None)
+            if whole < len(data):
+                yield from general(decode_line(data[whole:], number + data.count(b"\n")))
             continue
         if match is None:
             for line in chunk_lines(number, data):
@@ -233,8 +282,12 @@ class _ReadLines(beam.DoFn):
         filtered: Dict[str, int] = {}
         batcher = UserRowBatcher()
         for record in read_file_records(self._parser, block.path, block.file_index, chunks,
-                                        header):
-            if isinstance(record, Event):
+                                        header, plain_rows=True):
+            if isinstance(record, PlainRows):
+                for reason, n in record.filtered().items():
+                    filtered[reason] = filtered.get(reason, 0) + n
+                yield from batcher.add_plain(record)
+            elif isinstance(record, Event):
                 yield from batcher.add(record)
             elif isinstance(record, DeadLetter):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, record)
@@ -563,6 +616,25 @@ class _CsvParser(LineParser):
             return fields[user_at], fields[item_at], timestamp
 
         return match
+
+
+    def plain_block_parser(self, header):
+        """Arrow's parse of whole pieces (``csv_blocks.py``), under the same conditions and
+        rules as :meth:`clean_line_matcher`."""
+        s = self.source
+        if not float(s.timestamp_divisor).is_integer():
+            return None
+        index, width = header
+        used = [s.user_column, s.item_column] + ([s.timestamp_column] if s.timestamp_column
+                                                 else []) + [rule.column for rule in s.filters]
+        if len({index[name] for name in used}) != len(used):
+            return None  # a column read twice (say, a filter on the item): not the common case
+        return PlainCsvBlocks(
+            s.delimiter, width, index[s.user_column], index[s.item_column],
+            index[s.timestamp_column] if s.timestamp_column else None,
+            int(s.timestamp_divisor),
+            [FilterRule(index[rule.column], rule.op, rule.value, rule.reason)
+             for rule in s.filters])
 
 
 class CsvLog(beam.PTransform):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from array import array
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -99,6 +99,25 @@ class UserRowColumns:
         self.timestamps.append(timestamp)
         self.items.append(item)
 
+    def extend_packed(self, timestamps: Optional[np.ndarray], packed: np.ndarray,
+                      items: List[str]) -> None:
+        """Appends rows given as columns: ``timestamps`` ``[n]`` int64 seconds (``None``: the
+        log has no time), ``packed`` ``[n]`` input positions as :func:`pack_positions` packs
+        them, ``items`` ``[n]`` ids."""
+        n = len(items)
+        if timestamps is None:
+            self.untimed += n
+            timestamps = np.full(n, self.UNTIMED, np.int64)
+        if self.wide:
+            wide = np.stack([packed >> (_LINE_BITS + _POSITION_BITS),
+                             (packed >> _POSITION_BITS) & ((1 << _LINE_BITS) - 1),
+                             packed & ((1 << _POSITION_BITS) - 1)], axis=1)
+            self.order.frombytes(np.ascontiguousarray(wide, np.int64).tobytes())
+        else:
+            self.order.frombytes(np.ascontiguousarray(packed, np.int64).tobytes())
+        self.timestamps.frombytes(np.ascontiguousarray(timestamps, np.int64).tobytes())
+        self.items.extend(items)
+
     def _wide_order(self) -> array:
         if self.wide:
             return self.order
@@ -171,6 +190,59 @@ class UserRowColumns:
 UserRows = Tuple[str, UserRowColumns]
 
 
+def pack_positions(file_index: int, lines: np.ndarray) -> Optional[np.ndarray]:
+    """The packed input positions ``(file_index, line, 0)`` of ``lines`` ``[n]``, or ``None``
+    when one does not fit the packing (then rows are added one by one, widening)."""
+    if not 0 <= file_index < 1 << _FILE_BITS or (
+            len(lines) and not 0 <= int(lines.min()) <= int(lines.max()) < 1 << _LINE_BITS):
+        return None
+    return (np.int64(file_index) << (_LINE_BITS + _POSITION_BITS)) | (
+        lines.astype(np.int64) << _POSITION_BITS)
+
+
+class PlainRows(NamedTuple):
+    """The plain lines of a piece of a file, parsed at once (``csv_blocks.py``): for every
+    line, what its per-line parse makes of it (an :class:`Event`, or a :class:`Filtered`
+    drop), in columns.
+
+    ``lines`` ``[n]`` line numbers (ascending); ``user_codes`` / ``item_codes`` ``[n]`` index
+    ``user_ids`` / ``item_ids``; ``timestamps`` ``[n]`` seconds, ``None`` for a log without
+    time; ``dropped_by`` ``[n]``: -1 for an interaction, else the index in ``reasons`` of the
+    filter that dropped the line.
+    """
+
+    file_index: int
+    lines: np.ndarray
+    user_codes: np.ndarray
+    user_ids: List[str]
+    item_codes: np.ndarray
+    item_ids: List[str]
+    timestamps: Optional[np.ndarray]
+    dropped_by: np.ndarray
+    reasons: Tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def records(self) -> Iterator[Tuple[int, Union["Event", "Filtered"]]]:
+        """``(line, record)`` of every line, as the per-line parse yields them."""
+        users, items = self.user_codes.tolist(), self.item_codes.tolist()
+        times = None if self.timestamps is None else self.timestamps.tolist()
+        for row, (line, dropped) in enumerate(zip(self.lines.tolist(),
+                                                  self.dropped_by.tolist())):
+            if dropped >= 0:
+                yield line, Filtered(self.reasons[dropped])
+            else:
+                yield line, Event(self.user_ids[users[row]], self.item_ids[items[row]],
+                                  None if times is None else times[row],
+                                  (self.file_index, line, 0))
+
+    def filtered(self) -> Dict[str, int]:
+        """Lines dropped by each filter, by reason."""
+        counts = np.bincount(self.dropped_by[self.dropped_by >= 0], minlength=len(self.reasons))
+        return {reason: int(n) for reason, n in zip(self.reasons, counts.tolist()) if n}
+
+
 class UserRowBatcher:
     """Collects :class:`Event` s into :data:`UserRows`, one element per user per batch.
 
@@ -195,6 +267,38 @@ class UserRowBatcher:
         item = self._items.setdefault(event.item, event.item)
         rows.append(event.timestamp, event.order, item)
         self._held += 1
+        if self._held >= self.max_rows:
+            yield from self.flush()
+
+    def add_plain(self, rows: PlainRows) -> Iterator[UserRows]:
+        """Holds the interactions of ``rows`` (its filtered lines are the caller's to count),
+        grouped by user at once; yields the held batches when ``max_rows`` is reached."""
+        kept = rows.dropped_by < 0
+        packed = pack_positions(rows.file_index, rows.lines[kept])
+        if packed is None:  # positions beyond the packing: one by one, as events
+            for _, record in rows.records():
+                if isinstance(record, Event):
+                    yield from self.add(record)
+            return
+        users = rows.user_codes[kept]
+        order = np.argsort(users, kind="stable")
+        users = users[order]
+        packed = packed[order]
+        timestamps = None if rows.timestamps is None else rows.timestamps[kept][order]
+        shared = np.empty(len(rows.item_ids), object)
+        shared[:] = [self._items.setdefault(item, item) for item in rows.item_ids]
+        items = shared[rows.item_codes[kept][order]].tolist()
+        starts = np.flatnonzero(np.diff(users)) + 1
+        bounds = [0] + starts.tolist() + [len(users)]
+        user_at = users[np.array(bounds[:-1], np.int64)].tolist() if len(users) else []
+        for code, a, b in zip(user_at, bounds[:-1], bounds[1:]):
+            user = rows.user_ids[code]
+            columns = self._rows.get(user)
+            if columns is None:
+                columns = self._rows[user] = UserRowColumns()
+            columns.extend_packed(None if timestamps is None else timestamps[a:b],
+                                  packed[a:b], items[a:b])
+        self._held += len(users)
         if self._held >= self.max_rows:
             yield from self.flush()
 
