@@ -55,6 +55,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(),
                                                            "kuairand_scale"))
     parser.add_argument("--results", default=RESULTS)
+    parser.add_argument("--pipeline-arg", action="append", default=[],
+                        help="an extra argument of `t2diff run`, e.g. --pipeline-arg=--batch-size=1024 "
+                             "(repeatable)")
     args = parser.parse_args(argv)
     from benchmarks import machine
 
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
     command = [sys.executable, "-m", "pipeline.cli", "run", "--source", "csv", "--input", log,
                "--max-train-windows-per-user", "50", "--model", "mean_pool_two_tower",
                "--model-config", json.dumps({"loss": {"kind": "sampled_softmax"}}),
-               "--epochs", "1", "--no-cache", "--output-root", out]
+               "--epochs", "1", "--no-cache", "--output-root", out] + args.pipeline_arg
     start = time.time()
     code, samples, loads = run_sampled(command, os.path.join(out, "run.log"))
     wall = time.time() - start
@@ -89,8 +92,9 @@ def main(argv=None) -> int:
     }
     if args.rows == 6472851:
         miss = wall - TARGET_SECONDS
-        result["target"] = (f"<= {TARGET_SECONDS} s: " + ("met" if miss <= 0 else
-                                                          f"missed by {miss:.0f} s"))
+        result["target"] = (f"<= {TARGET_SECONDS} s: " + (
+            f"not measured (the run failed, exit code {code})" if code else
+            "met" if miss <= 0 else f"missed by {miss:.0f} s"))
     os.makedirs(os.path.dirname(args.results), exist_ok=True)
     with open(args.results, "w") as f:
         json.dump(result, f, indent=2)
