@@ -106,6 +106,17 @@ def test_example_round_trip_through_the_feature_spec():
     assert parsed[F.TARGET].numpy()[0] == 8
 
 
+def _random_histories(seed, users, max_length, max_item, gaps, with_time, start=0):
+    """``(user, items, timestamps or None)`` of seeded random users: 2 to ``max_length - 1``
+    items below ``max_item``, times ``start`` + running sums of draws from ``gaps``."""
+    rng = np.random.default_rng(seed)
+    for user in range(users):
+        n = int(rng.integers(2, max_length))
+        items = [int(i) for i in rng.integers(1, max_item, size=n)]
+        times = ((np.cumsum(rng.choice(gaps, size=n)) + start).tolist() if with_time else None)
+        yield str(user), items, times
+
+
 @pytest.mark.parametrize("mode, with_time, protocol", [
     ("last_k", False, ProtocolConfig()),
     ("last_k", True, ProtocolConfig(max_train_windows_per_user=3)),
@@ -117,16 +128,12 @@ def test_user_windows_at_once_equal_make_window_one_at_a_time(mode, with_time, p
     """The vectorised windows are the reference ``make_window``'s, field for field."""
     window = WindowConfig(ExampleSpec(history_length=7, num_time_lag_buckets=40),
                           session_mode=mode, session_k=3, session_gap_seconds=100)
-    rng = np.random.default_rng(4)
-    for user in range(40):
-        n = int(rng.integers(2, 30))
-        items = [int(i) for i in rng.integers(1, 30, size=n)]
-        # Gaps from 0 to past 2**49 (where a float log2 of 2**k - 1 rounds up).
-        times = (np.cumsum(rng.choice([0, 1, 7, 100, 101, 2 ** 49 - 2], size=n)).tolist()
-                 if with_time else None)
-        got = list(user_windows(str(user), items, times, window, protocol))
-        expected = [(split, make_window(str(user), items, times, pos, window))
-                    for split, pos in target_positions(str(user), n, protocol)]
+    # Gaps from 0 to past 2**49 (where a float log2 of 2**k - 1 rounds up).
+    for user, items, times in _random_histories(4, 40, 30, 30, [0, 1, 7, 100, 101, 2 ** 49 - 2],
+                                                with_time):
+        got = list(user_windows(user, items, times, window, protocol))
+        expected = [(split, make_window(user, items, times, pos, window))
+                    for split, pos in target_positions(user, len(items), protocol)]
         assert got == expected
 
 
@@ -141,17 +148,13 @@ def test_user_window_examples_are_the_bytes_of_each_window_proto(mode, with_time
     serialization of ``to_example`` of each window, split by split in target order."""
     window = WindowConfig(ExampleSpec(history_length=6, num_time_lag_buckets=40),
                           session_mode=mode, session_k=2, session_gap_seconds=100)
-    rng = np.random.default_rng(5)
-    for user in range(30):
-        n = int(rng.integers(2, 25))
-        items = [int(i) for i in rng.integers(1, 200_000, size=n)]
-        times = (np.cumsum(rng.choice([0, 1, 100, 101, 2 ** 40], size=n)) + 1_600_000_000
-                 ).tolist() if with_time else None
+    for user, items, times in _random_histories(5, 30, 25, 200_000, [0, 1, 100, 101, 2 ** 40],
+                                                with_time, start=1_600_000_000):
         expected = {}
-        for split, w in user_windows(f"user-{user}", items, times, window, protocol):
+        for split, w in user_windows(user, items, times, window, protocol):
             expected.setdefault(split, []).append(
                 to_example(w).SerializeToString(deterministic=True))
-        assert user_window_examples(f"user-{user}", items, times, window, protocol) == expected
+        assert user_window_examples(user, items, times, window, protocol) == expected
 
 
 def test_user_windows_refuse_behaviours_out_of_time_order():
