@@ -22,7 +22,8 @@ Wire format used (``tensorflow/core/example/example.proto``, ``feature.proto``):
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Tuple
+import functools
+from typing import List, Mapping, Tuple
 
 import numpy as np
 
@@ -127,27 +128,18 @@ def int64_examples(features: Mapping[str, np.ndarray], user_id: str) -> List[byt
                                                               str(user_id).encode()))
     user_entry = _delimited(_LENGTH_DELIMITED_1,
                             _entry_prefix(F.USER_ID) + varint(len(bytes_list)) + bytes_list)
-    # What precedes a feature's packed varints depends only on their length: cached per length.
-    headers: List[Dict[int, bytes]] = []
-    prefixes = []
+    prefixes = [_entry_prefix(name) for name in names if name != F.USER_ID]
     user_at = names.index(F.USER_ID)
-    for name in names:
-        if name != F.USER_ID:
-            headers.append({})
-            prefixes.append(_entry_prefix(name))
     examples = []
     for row in starts:
         body = []
-        for k, cache in enumerate(headers):
+        for k, prefix in enumerate(prefixes):
             if k == user_at:
                 body.append(user_entry)
             a, b = row[k], row[k + 1]
-            header = cache.get(b - a)
-            if header is None:
-                header = cache[b - a] = _feature_header(prefixes[k], b - a)
-            body.append(header)
+            body.append(_feature_header(prefix, b - a))
             body.append(data[a:b])
-        if user_at == len(headers):
+        if user_at == len(prefixes):
             body.append(user_entry)
         size = sum(map(len, body))
         body.insert(0, _LENGTH_DELIMITED_1 + varint(size))
@@ -155,8 +147,10 @@ def int64_examples(features: Mapping[str, np.ndarray], user_id: str) -> List[byt
     return examples
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _feature_header(entry_prefix: bytes, packed_length: int) -> bytes:
-    """A map entry's bytes before its Int64List's packed varints (``packed_length`` bytes):
+    """A map entry's bytes before its Int64List's packed varints (``packed_length`` bytes;
+    they depend on nothing else, so they are cached):
     ``0a len [0a len key 12 len [1a len [0a len]]]``; an empty list has no packed field, but
     the Feature still holds the (empty) Int64List."""
     int64_list_header = (_LENGTH_DELIMITED_1 + varint(packed_length)) if packed_length else b""

@@ -4,7 +4,10 @@ import pickle
 import random
 import sys
 
-from components.preprocessing.records import Event, UserRowBatcher, UserRowColumns
+import numpy as np
+
+from components.preprocessing.records import (Event, UserRowBatcher, UserRowColumns,
+                                             pack_positions)
 
 
 def _random_rows(rng, n, untimed=False):
@@ -103,3 +106,27 @@ def test_batcher_flushes_at_max_rows_and_loses_nothing():
         got.setdefault(user, []).extend(rows.rows())
     assert got == {u: [(e.timestamp, e.order, e.item) for e in events if e.user == u]
                    for u in ("u0", "u1", "u2")}
+
+
+def test_rows_added_as_packed_columns_order_as_rows_added_one_by_one():
+    """``extend_packed`` (the Arrow reader's path) on plain and on already-wide columns, with
+    and without time: the same order as the same rows appended as tuples."""
+    rng = random.Random(3)
+    for wide_first, timed in ((False, True), (True, True), (False, False), (True, False)):
+        rows = [(rng.choice([5, 5, 9, 1]) if timed else None, (1, rng.randrange(1000), 0),
+                 f"i{k}") for k in range(200)]
+        first = (7 if timed else None, (1 << 16, 3, 0), "wide") if wide_first else None
+        reference, columns = UserRowColumns(), UserRowColumns()
+        if first:
+            reference.append(*first)
+            columns.append(*first)
+            assert columns.wide
+        for row in rows:
+            reference.append(*row)
+        lines = np.array([order[1] for _, order, _ in rows], np.int64)
+        columns.extend_packed(np.array([t for t, _, _ in rows], np.int64) if timed else None,
+                              pack_positions(1, lines), [item for _, _, item in rows])
+        assert columns.ordered() == reference.ordered()
+        assert columns.rows() == reference.rows()
+    assert pack_positions(1 << 16, np.array([1])) is None
+    assert pack_positions(0, np.array([1 << 32])) is None
