@@ -17,7 +17,7 @@ counts on fuzzed files.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -25,22 +25,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from components.preprocessing import contract as C
-from components.preprocessing.records import PlainRows
+from components.preprocessing.records import PlainRows, RowFilter
 
 #: An unsigned integer of at most 18 digits: the time a plain line may hold (as the matcher).
 _PLAIN_TIME = "^[0-9]{1,18}$"
 #: A number a plain line may hold in a filtered column (as the matcher).
 _PLAIN_NUMBER = "^[0-9]{1,15}(\\.[0-9]{1,15})?$"
-
-
-class FilterRule(NamedTuple):
-    """A row filter as the block parser applies it: keep ``float(value) >= value`` (``"ge"``)
-    or ``== value`` (``"eq"``), else drop with ``reason``."""
-
-    column: int
-    op: str
-    value: float
-    reason: str
 
 
 class PlainCsvBlocks:
@@ -52,12 +42,13 @@ class PlainCsvBlocks:
       user_column, item_column: indices of the id columns.
       time_column: index of the integer time column, or ``None`` for a log without time.
       time_divisor: a whole number dividing the time column to get seconds.
-      rules: filters in the order the per-line parse applies them (the first that drops a
-        row names the reason).
+      rules: ``(column index, filter)`` in the order the per-line parse applies them (the
+        first that drops a row names the reason).
     """
 
     def __init__(self, delimiter: str, width: int, user_column: int, item_column: int,
-                 time_column: Optional[int], time_divisor: int, rules: Sequence[FilterRule]):
+                 time_column: Optional[int], time_divisor: int,
+                 rules: Sequence[Tuple[int, RowFilter]]):
         self.delimiter = delimiter
         self.width = width
         self.user_column = user_column
@@ -105,8 +96,8 @@ class PlainCsvBlocks:
                         pc.match_substring_regex(table[self.item_column], self._identifier))
         if self.time_column is not None:
             plain = pc.and_(plain, pc.match_substring_regex(table[self.time_column], _PLAIN_TIME))
-        for rule in self.rules:
-            plain = pc.and_(plain, pc.match_substring_regex(table[rule.column], _PLAIN_NUMBER))
+        for column, _ in self.rules:
+            plain = pc.and_(plain, pc.match_substring_regex(table[column], _PLAIN_NUMBER))
         if b'"' in data:  # no column of a plain line holds a quote
             for i in range(self.width):
                 plain = pc.and_(plain, pc.invert(pc.match_substring(table[i], '"')))
@@ -120,10 +111,10 @@ class PlainCsvBlocks:
             timestamps = times // self.time_divisor  # as C.parse_timestamp, exactly
             plain &= (timestamps >= C.EARLIEST_TIMESTAMP) & (timestamps <= C.LATEST_TIMESTAMP)
         dropped_by = np.full(lines, -1, np.int8)
-        for k, rule in reversed(list(enumerate(self.rules))):  # the first failing rule wins
-            text = pc.if_else(pa.chunked_array(_chunks(plain, table)), table[rule.column], "0")
+        for k, (column, rule) in reversed(list(enumerate(self.rules))):  # the first failing wins
+            text = pc.if_else(pa.chunked_array(_chunks(plain, table)), table[column], "0")
             values = _numpy(pc.cast(text, pa.float64()))
-            keeps = values >= rule.value if rule.op == "ge" else values == rule.value
+            keeps = rule.keeps(values)  # elementwise on the array
             dropped_by[~keeps] = k
         if not plain.any():
             return None
@@ -145,7 +136,7 @@ class PlainCsvBlocks:
         return rows, others
 
     def _reasons(self) -> Tuple[str, ...]:
-        return tuple(rule.reason for rule in self.rules)
+        return tuple(rule.reason for _, rule in self.rules)
 
 
 def _numpy(values) -> np.ndarray:

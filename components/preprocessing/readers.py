@@ -29,9 +29,10 @@ from components.preprocessing import synthetic
 from components.preprocessing.input_files import (  # noqa: F401  (re-exported)
     check_data_files, first_line, open_binary, parse_header, read_lines, resolve_files)
 from components.preprocessing.input_files import Line, chunk_lines, decode_line, file_chunks
-from components.preprocessing.csv_blocks import FilterRule, PlainCsvBlocks
-from components.preprocessing.records import (Count, DeadLetter, Event, Filtered, InputError,
-                                             PlainRows, UserRowBatcher, UserRowColumns)
+from components.preprocessing.csv_blocks import PlainCsvBlocks
+from components.preprocessing.records import (  # noqa: F401  (RowFilter re-exported)
+    Count, DeadLetter, Event, Filtered, InputError, PlainRows, RowFilter, UserRowBatcher,
+    UserRowColumns)
 
 Record = Union[Event, DeadLetter, Filtered, Count]
 
@@ -494,19 +495,6 @@ class SequenceFile(beam.PTransform):
 # CSV logs (generic and KuaiRand)
 
 
-class RowFilter(NamedTuple):
-    """Keep a row only if ``float(row[column])`` is ``>= value`` (op ``"ge"``) or ``== value``
-    (op ``"eq"``); otherwise it is counted as filtered with ``reason``."""
-
-    column: str
-    op: str
-    value: float
-    reason: str
-
-    def keeps(self, x: float) -> bool:
-        return x >= self.value if self.op == "ge" else x == self.value
-
-
 class _CsvParser(LineParser):
     """RFC 4180 quoting (a quoted field may hold the delimiter; the quotes are not part of the
     value), parsed strictly; a quote left inside an id is a dead letter (``quote_in_id``)."""
@@ -633,8 +621,7 @@ class _CsvParser(LineParser):
             s.delimiter, width, index[s.user_column], index[s.item_column],
             index[s.timestamp_column] if s.timestamp_column else None,
             int(s.timestamp_divisor),
-            [FilterRule(index[rule.column], rule.op, rule.value, rule.reason)
-             for rule in s.filters])
+            [(index[rule.column], rule) for rule in s.filters])
 
 
 class CsvLog(beam.PTransform):

@@ -308,6 +308,20 @@ class UserRowBatcher:
         yield from rows.items()
 
 
+class RowFilter(NamedTuple):
+    """Keep a row only if ``float(row[column])`` is ``>= value`` (op ``"ge"``) or ``== value``
+    (op ``"eq"``); otherwise it is counted as filtered with ``reason``."""
+
+    column: str
+    op: str
+    value: float
+    reason: str
+
+    def keeps(self, x):
+        """For a float, or elementwise for a numpy array of them."""
+        return x >= self.value if self.op == "ge" else x == self.value
+
+
 class DeadLetter(NamedTuple):
     """A record that could not be parsed: where it was, which field, why (``reason``: what was
     found; ``code``: the reason's name in ``contract.REASONS``), and how many interactions it
