@@ -27,10 +27,18 @@ import pyarrow.csv as pacsv
 from components.preprocessing import contract as C
 from components.preprocessing.records import PlainRows, RowFilter
 
-#: An unsigned integer of at most 18 digits: the time a plain line may hold (as the matcher).
-_PLAIN_TIME = "^[0-9]{1,18}$"
-#: A number a plain line may hold in a filtered column (as the matcher).
-_PLAIN_NUMBER = "^[0-9]{1,15}(\\.[0-9]{1,15})?$"
+#: The time a plain line may hold: an unsigned integer of at most 18 digits. These patterns and
+#: :func:`plain_id_characters` are shared with the per-line shortcut
+#: (``readers._CsvParser.clean_line_matcher``), so the two paths take the same lines.
+PLAIN_TIME = "[0-9]{1,18}"
+#: A number a plain line may hold in a filtered column.
+PLAIN_NUMBER = "[0-9]{1,15}(?:\\.[0-9]{1,15})?"
+
+
+def plain_id_characters(delimiter: str) -> List[str]:
+    """The characters of an id the input contract accepts without a doubt: printable ASCII
+    other than space, the quote and the delimiter."""
+    return [chr(c) for c in range(0x21, 0x7F) if chr(c) not in ('"', delimiter)]
 
 
 class PlainCsvBlocks:
@@ -56,10 +64,8 @@ class PlainCsvBlocks:
         self.time_column = time_column
         self.time_divisor = int(time_divisor)
         self.rules = tuple(rules)
-        # An id the per-line contract accepts without a doubt: printable ASCII other than
-        # space, the quote and the delimiter (as the per-line shortcut's pattern).
-        self._identifier = "^[" + "".join(f"\\x{c:02x}" for c in range(0x21, 0x7F)
-                                          if chr(c) not in ('"', delimiter)) + "]+$"
+        self._identifier = "^[" + "".join(f"\\x{ord(c):02x}"  # RE2's escape of each
+                                          for c in plain_id_characters(delimiter)) + "]+$"
         self._names = [f"c{i}" for i in range(width)]
 
     def _read(self, data: bytes) -> Optional[pa.Table]:
@@ -95,9 +101,10 @@ class PlainCsvBlocks:
         plain = pc.and_(pc.match_substring_regex(table[self.user_column], self._identifier),
                         pc.match_substring_regex(table[self.item_column], self._identifier))
         if self.time_column is not None:
-            plain = pc.and_(plain, pc.match_substring_regex(table[self.time_column], _PLAIN_TIME))
+            plain = pc.and_(plain, pc.match_substring_regex(table[self.time_column],
+                                                            f"^{PLAIN_TIME}$"))
         for column, _ in self.rules:
-            plain = pc.and_(plain, pc.match_substring_regex(table[column], _PLAIN_NUMBER))
+            plain = pc.and_(plain, pc.match_substring_regex(table[column], f"^{PLAIN_NUMBER}$"))
         if b'"' in data:  # no column of a plain line holds a quote
             for i in range(self.width):
                 plain = pc.and_(plain, pc.invert(pc.match_substring(table[i], '"')))

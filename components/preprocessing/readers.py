@@ -29,7 +29,8 @@ from components.preprocessing import synthetic
 from components.preprocessing.input_files import (  # noqa: F401  (re-exported)
     check_data_files, first_line, open_binary, parse_header, read_lines, resolve_files)
 from components.preprocessing.input_files import Line, chunk_lines, decode_line, file_chunks
-from components.preprocessing.csv_blocks import PlainCsvBlocks
+from components.preprocessing.csv_blocks import (PLAIN_NUMBER, PLAIN_TIME, PlainCsvBlocks,
+                                                 plain_id_characters)
 from components.preprocessing.records import (  # noqa: F401  (RowFilter re-exported)
     Count, DeadLetter, Event, Filtered, InputError, PlainRows, RowFilter, UserRowBatcher,
     UserRowColumns)
@@ -572,12 +573,11 @@ class _CsvParser(LineParser):
         delimiter = re.escape(s.delimiter)
         other = f'[^"\\r\\n\\udc80-\\udcff{delimiter}]*'
         # An id ``C.check_id`` accepts without a doubt: printable ASCII, no space or quote.
-        identifier = "[" + "".join(re.escape(chr(c)) for c in range(0x21, 0x7f)
-                                   if chr(c) not in ('"', s.delimiter)) + "]+"
+        identifier = "[" + "".join(map(re.escape, plain_id_characters(s.delimiter))) + "]+"
         columns = [(s.user_column, f"({identifier})"), (s.item_column, f"({identifier})")]
         if s.timestamp_column:
-            columns.append((s.timestamp_column, "([0-9]{1,18})"))
-        columns += [(rule.column, "([0-9]{1,15}(?:\\.[0-9]{1,15})?)") for rule in s.filters]
+            columns.append((s.timestamp_column, f"({PLAIN_TIME})"))
+        columns += [(rule.column, f"({PLAIN_NUMBER})") for rule in s.filters]
         groups = {index[name]: group for name, group in columns}
         if len(groups) != len(columns):
             return None  # a column read twice (say, a filter on the item): not the common case
