@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,11 +29,13 @@ from components.preprocessing.sources import SOURCE_KINDS, SourceConfig  # noqa:
 from components.preprocessing.transforms import (PreprocessConfig, PreprocessingError,  # noqa: E402
                                                   run_preprocessing)
 from pipeline import output_filter  # noqa: E402
-from pipeline.configs import DEFAULT_OUTPUT_ROOT, PIPELINE_NAME, EvalConfig, PipelineConfig  # noqa: E402
 from t2diff_tf.features import ExampleSpec, SequenceSpec  # noqa: E402
-from t2diff_tf.models.registry import available_models  # noqa: E402
-from t2diff_tf.training import STRATEGIES, TrainConfig  # noqa: E402
-from t2diff_tf.learning_rate import KINDS, LearningRateSchedule  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipeline.configs import PipelineConfig
+
+# The pipeline's options (``run``) import the model registry and the training loop, hence
+# TensorFlow (about 6 s); ``t2diff preprocess`` and ``candidates`` do not build them.
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,6 +163,11 @@ def preprocess_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.configs import DEFAULT_OUTPUT_ROOT, PIPELINE_NAME
+    from t2diff_tf.learning_rate import KINDS
+    from t2diff_tf.models.registry import available_models
+    from t2diff_tf.training import STRATEGIES
+
     add_source_arguments(parser)
     add_preprocess_arguments(parser)
     g = parser.add_argument_group("model, training, evaluation, push")
@@ -214,6 +221,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    from pipeline.configs import EvalConfig, PipelineConfig
+    from t2diff_tf.learning_rate import LearningRateSchedule
+    from t2diff_tf.training import TrainConfig
+
     beam_args = tuple(args.beam_arg) or PipelineConfig.beam_pipeline_args
     return PipelineConfig(
         pipeline_name=args.pipeline_name, output_root=os.path.abspath(args.output_root),
@@ -363,7 +374,9 @@ def add_candidates_arguments(parser: argparse.ArgumentParser) -> None:
                              "mapped to the bundle's through the raw ids")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``t2diff`` parser; with ``command``, only that command's options are added (every
+    command is still listed), so a ``preprocess`` does not import what ``run`` needs."""
     parser = argparse.ArgumentParser(
         prog="t2diff", description="T2Diff retrieval on TensorFlow/TFX: preprocess interaction "
         "logs, train, evaluate and export.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -393,8 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
              "-> push (LocalDagRunner)",
         description="Runs the whole TFX pipeline locally and prints the evaluation and where the "
         "pushed model and index are. Same as python -m pipeline.local.")
-    add_pipeline_arguments(run)
-    output_filter.add_verbose_argument(run)
+    if command in (None, "run"):
+        add_pipeline_arguments(run)
+        output_filter.add_verbose_argument(run)
     run.set_defaults(func=_run)
 
     candidates = sub.add_parser(
@@ -409,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return args.func(args)
     except (InputError, PreprocessingError, ValueError) as e:

@@ -54,7 +54,7 @@ import math
 import numbers
 from typing import Dict, Mapping, Optional, Sequence, Union
 
-import tensorflow as tf
+from t2diff_tf.lazy_import import tensorflow as tf  # the preprocessing needs no TensorFlow
 
 USER_ID = "user_id"
 HISTORY = "history"

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional
 
-import tensorflow as tf
+from t2diff_tf.lazy_import import tensorflow as tf  # the preprocessing needs no TensorFlow
 
 from t2diff_tf import features as F
 

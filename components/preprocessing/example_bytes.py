@@ -23,7 +23,7 @@ Wire format used (``tensorflow/core/example/example.proto``, ``feature.proto``):
 from __future__ import annotations
 
 import functools
-from typing import List, Mapping, Tuple
+from typing import List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -65,9 +65,56 @@ def varint_bytes(values: np.ndarray) -> Tuple[bytes, np.ndarray]:
     Returns ``(data, bounds)``: entry ``i`` (flat index) is ``data[bounds[i]:bounds[i + 1]]``
     (``bounds``: ``[values.size + 1]`` int64).
 
-    Work is grouped by varint length, so it is proportional to the bytes written: a few padded
-    negative values do not make every value 10 bytes wide in the intermediate arrays.
+    Values in ``[_TABLE_LOW, _TABLE_HIGH)`` (ids, lags, sessions, padding: nearly all of them)
+    are copied from a table of their varints with one gather; the rest are computed
+    (:func:`_computed_varint_bytes`) and written over their places.
     """
+    v = np.ascontiguousarray(values, dtype=np.int64).ravel()
+    table, table_starts, table_lengths = _varint_table()
+    inside = (v >= _TABLE_LOW) & (v < _TABLE_HIGH)
+    key = v - _TABLE_LOW
+    others = np.flatnonzero(~inside)
+    if others.size:
+        key[others] = 0
+    lengths = table_lengths[key].astype(np.int64)
+    if others.size:
+        other_data, other_bounds = _computed_varint_bytes(v[others])
+        other_lengths = np.diff(other_bounds)
+        lengths[others] = other_lengths
+    bounds = np.zeros(v.size + 1, np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    out = table[_gather_index(table_starts[key], lengths, bounds)]
+    if others.size:
+        out[np.repeat(bounds[others] - other_bounds[:-1], other_lengths)
+            + np.arange(other_bounds[-1])] = np.frombuffer(other_data, np.uint8)
+    return out.tobytes(), bounds
+
+
+def _gather_index(starts: np.ndarray, lengths: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """The source index of every output byte when piece ``i`` (``lengths[i]`` bytes from
+    ``source[starts[i]]``) goes to ``out[bounds[i]:bounds[i + 1]]`` (``bounds`` = running sums
+    of ``lengths`` from 0); int32 when it fits, to halve the memory these passes move."""
+    dtype = np.int32 if max(int(bounds[-1]), int(starts.max(initial=0))) < 2 ** 31 else np.int64
+    return (np.repeat((starts - bounds[:-1]).astype(dtype), lengths)
+            + np.arange(bounds[-1], dtype=dtype))
+
+
+#: The values whose varints :func:`varint_bytes` looks up (about 8 MB of table).
+_TABLE_LOW, _TABLE_HIGH = -(1 << 10), 1 << 21
+
+
+@functools.lru_cache(maxsize=None)
+def _varint_table() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(bytes, starts, lengths)``: value ``_TABLE_LOW + i``'s varint is
+    ``bytes[starts[i]:starts[i] + lengths[i]]``."""
+    data, bounds = _computed_varint_bytes(np.arange(_TABLE_LOW, _TABLE_HIGH, dtype=np.int64))
+    return (np.frombuffer(data, np.uint8), bounds[:-1].astype(np.int64),
+            np.diff(bounds).astype(np.uint8))
+
+
+def _computed_varint_bytes(values: np.ndarray) -> Tuple[bytes, np.ndarray]:
+    """:func:`varint_bytes` computed value by value with numpy (no table): grouped by varint
+    length, so work is proportional to the bytes written."""
     v = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64).ravel()
     nbytes = np.searchsorted(_THRESHOLDS, v, side="right") + 1
     bounds = np.zeros(v.size + 1, np.int64)
@@ -83,6 +130,7 @@ def varint_bytes(values: np.ndarray) -> Tuple[bytes, np.ndarray]:
     return out.tobytes(), bounds
 
 
+@functools.lru_cache(maxsize=None)
 def _entry_prefix(name: str) -> bytes:
     """A map entry's bytes up to its value's length: ``0a len key 12``."""
     return _delimited(_LENGTH_DELIMITED_1, name.encode()) + _LENGTH_DELIMITED_2
@@ -94,57 +142,100 @@ def _map_key_order(name: str) -> List[int]:
     return list(name.encode()) + [256]
 
 
-def int64_examples(features: Mapping[str, np.ndarray], user_id: str) -> List[bytes]:
+def int64_examples(features: Mapping[str, np.ndarray],
+                   user_id: Union[str, Sequence[str]]) -> List[bytes]:
     """Serialized examples, one per row: ``features`` maps a name to ``[rows]`` (one int64
-    each) or ``[rows, length]`` (an int64 list each); every example also holds ``user_id`` as
-    the ``features.USER_ID`` bytes feature.
+    each) or ``[rows, length]`` (an int64 list each); every example also holds its user's id
+    as the ``features.USER_ID`` bytes feature: ``user_id`` is one id for every row, or one id
+    per row (many users' windows in one call).
 
-    Equal, byte for byte, to ``features.int64_example({name: row's value}, user_id)
+    Equal, byte for byte, to ``features.int64_example({name: row's value}, row's user id)
     .SerializeToString(deterministic=True)`` for every row.
+
+    Every example is assembled with numpy, not by a Python loop over its features: the
+    varints of all values, the few distinct feature headers (they depend only on the packed
+    length) and the users' id entries are laid out in one source buffer, each example is a
+    fixed sequence of pieces of it (``[rows, pieces]`` starts and lengths), and one gather
+    writes every example's bytes; the only per-row Python step is slicing the result.
     """
     if F.USER_ID in features:
         raise ValueError(f"{F.USER_ID!r} is the bytes feature; pass it as user_id")
     names = sorted(list(features) + [F.USER_ID], key=_map_key_order)
+    value_names = [name for name in names if name != F.USER_ID]
     columns = []
-    for name in names:
-        if name != F.USER_ID:
-            values = np.asarray(features[name])
-            columns.append(values[:, None] if values.ndim == 1 else values)
+    for name in value_names:
+        values = np.asarray(features[name])
+        columns.append(values[:, None] if values.ndim == 1 else values)
     rows = columns[0].shape[0] if columns else 0
-    for name, values in zip([n for n in names if n != F.USER_ID], columns):
+    for name, values in zip(value_names, columns):
         if values.ndim != 2 or values.shape[0] != rows:
             raise ValueError(f"feature {name!r} has shape {values.shape}; expected [{rows}] "
                              f"or [{rows}, length]")
+    if isinstance(user_id, str):
+        users, user_of_row = [user_id], np.zeros(rows, np.int64)
+    else:
+        if len(user_id) != rows:
+            raise ValueError(f"{len(user_id)} user ids for {rows} rows")
+        users = list(dict.fromkeys(user_id))
+        number = {user: n for n, user in enumerate(users)}
+        user_of_row = np.fromiter(map(number.__getitem__, user_id), np.int64, rows)
     if rows == 0:
         return []
-    # Every value of every feature of every row in one pass: row r's varints of feature k are
+
+    # The varints of every value of every row: row r's values of feature k are
     # data[starts[r, k]:starts[r, k + 1]].
     data, bounds = varint_bytes(np.concatenate(columns, axis=1))
     width = sum(c.shape[1] for c in columns)
     first_column = np.cumsum([0] + [c.shape[1] for c in columns])
-    starts = bounds[np.arange(rows)[:, None] * width + first_column].tolist()
+    starts = bounds[np.arange(rows)[:, None] * width + first_column]       # [rows, K + 1]
+    packed = np.diff(starts, axis=1)                                       # [rows, K]
 
+    # The source buffer: the outer tag, every distinct feature header, every user's id entry,
+    # the examples' length varints, then the values' varints.
+    pool: List[bytes] = [_LENGTH_DELIMITED_1]
+    header_piece = np.empty_like(packed)                     # [rows, K] index into ``pool``
+    for k, name in enumerate(value_names):
+        lengths, inverse = np.unique(packed[:, k], return_inverse=True)
+        header_piece[:, k] = len(pool) + inverse.reshape(-1)
+        prefix = _entry_prefix(name)
+        pool += [_feature_header(prefix, n) for n in lengths.tolist()]
+    user_piece = len(pool) + user_of_row                                   # [rows]
+    pool += [_user_entry(user) for user in users]
+    pool_lengths = np.fromiter(map(len, pool), np.int64, len(pool))
+    pool_starts = np.concatenate([[0], np.cumsum(pool_lengths)[:-1]])
+
+    sizes = pool_lengths[header_piece].sum(axis=1) + packed.sum(axis=1) + pool_lengths[user_piece]
+    size_data, size_bounds = varint_bytes(sizes)
+    size_base = int(pool_lengths.sum())
+    data_base = size_base + len(size_data)
+    source = np.frombuffer(b"".join(pool) + size_data + data, np.uint8)
+
+    # Each row's pieces in order: tag, length, then per map key its header and values (the
+    # user id entry in its key's place).
+    piece_starts = [np.zeros(rows, np.int64), size_base + size_bounds[:-1]]
+    piece_lengths = [np.ones(rows, np.int64), np.diff(size_bounds)]
+    for k in range(len(value_names) + 1):
+        if k == names.index(F.USER_ID):
+            piece_starts.append(pool_starts[user_piece])
+            piece_lengths.append(pool_lengths[user_piece])
+        if k == len(value_names):
+            break
+        piece_starts += [pool_starts[header_piece[:, k]], data_base + starts[:, k]]
+        piece_lengths += [pool_lengths[header_piece[:, k]], packed[:, k]]
+    piece_starts = np.stack(piece_starts, axis=1).ravel()                  # [rows * pieces]
+    piece_lengths = np.stack(piece_lengths, axis=1).ravel()
+    out_bounds = np.concatenate([[0], np.cumsum(piece_lengths)])
+    written = source[_gather_index(piece_starts, piece_lengths, out_bounds)].tobytes()
+    row_ends = np.cumsum(piece_lengths.reshape(rows, -1).sum(axis=1)).tolist()
+    return [written[a:b] for a, b in zip([0] + row_ends[:-1], row_ends)]
+
+
+def _user_entry(user_id: str) -> bytes:
+    """The ``features.USER_ID`` map entry of one user: a BytesList of its id."""
     bytes_list = _delimited(_LENGTH_DELIMITED_1, _delimited(_LENGTH_DELIMITED_1,
                                                               str(user_id).encode()))
-    user_entry = _delimited(_LENGTH_DELIMITED_1,
-                            _entry_prefix(F.USER_ID) + varint(len(bytes_list)) + bytes_list)
-    prefixes = [_entry_prefix(name) for name in names if name != F.USER_ID]
-    user_at = names.index(F.USER_ID)
-    examples = []
-    for row in starts:
-        body = []
-        for k, prefix in enumerate(prefixes):
-            if k == user_at:
-                body.append(user_entry)
-            a, b = row[k], row[k + 1]
-            body.append(_feature_header(prefix, b - a))
-            body.append(data[a:b])
-        if user_at == len(prefixes):
-            body.append(user_entry)
-        size = sum(map(len, body))
-        body.insert(0, _LENGTH_DELIMITED_1 + varint(size))
-        examples.append(b"".join(body))
-    return examples
+    return _delimited(_LENGTH_DELIMITED_1,
+                      _entry_prefix(F.USER_ID) + varint(len(bytes_list)) + bytes_list)
 
 
 @functools.lru_cache(maxsize=1 << 16)

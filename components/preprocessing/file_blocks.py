@@ -20,8 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
-import tensorflow as tf
-
+from components.preprocessing import filesystem
 from components.preprocessing.input_files import (Line, chunk_lines, file_chunks, is_gzip,
                                                   raw_chunks, raw_lines)
 
@@ -54,7 +53,7 @@ def plan_blocks(files: Sequence[str], block_bytes: int = BLOCK_BYTES) -> List[Bl
         raise ValueError(f"block_bytes must be >= 1, got {block_bytes}")
     blocks = []
     for file_index, path in enumerate(files):
-        size = tf.io.gfile.stat(path).length
+        size = filesystem.size(path)
         if is_gzip(path) or size <= block_bytes:
             blocks.append(Block(file_index, path, 0, 0, -1, True))
             continue
@@ -69,7 +68,7 @@ def plan_blocks(files: Sequence[str], block_bytes: int = BLOCK_BYTES) -> List[Bl
 def count_newlines(block: Block) -> int:
     """The number of ``\\n`` bytes in the block's byte range."""
     n = 0
-    with tf.io.gfile.GFile(block.path, "rb") as f:
+    with filesystem.open_binary(block.path) as f:
         f.seek(block.start)
         left = None if block.end < 0 else block.end - block.start
         while left is None or left > 0:
@@ -102,7 +101,7 @@ def block_chunks(block: Block, newlines: Mapping[BlockKey, int]) -> Iterator[Tup
         yield from file_chunks(block.path)  # a whole file (gzip, or small)
         return
     number = 1
-    with tf.io.gfile.GFile(block.path, "rb") as f:
+    with filesystem.open_binary(block.path) as f:
         position = block.start
         if block.start > 0:
             number = lines_before(block, newlines) + 1

@@ -21,8 +21,8 @@ import gzip
 import zlib
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-import tensorflow as tf
 
+from components.preprocessing import filesystem
 from components.preprocessing.contract import UTF8_BOM, control_characters, is_blank
 from components.preprocessing.records import InputError
 
@@ -33,15 +33,15 @@ GZIP_ERRORS = (OSError, EOFError, zlib.error)
 
 
 def open_binary(path: str):
-    """Opens ``path`` (local or any ``tf.io.gfile`` filesystem), gunzipping when it is gzip."""
-    f = tf.io.gfile.GFile(path, "rb")
+    """Opens ``path`` (local or any filesystem Beam has), gunzipping when it is gzip."""
+    f = filesystem.open_binary(path)
     magic = f.read(2)
     f.seek(0)
     return gzip.GzipFile(fileobj=f) if magic == GZIP_MAGIC else f
 
 
 def is_gzip(path: str) -> bool:
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with filesystem.open_binary(path) as f:
         return f.read(2) == GZIP_MAGIC
 
 
@@ -53,17 +53,17 @@ def check_gzip(path: str) -> int:
     """
     size = 0
     try:
-        with tf.io.gfile.GFile(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as f:
+        with filesystem.open_binary(path) as raw, gzip.GzipFile(fileobj=raw) as f:
             while True:
                 chunk = f.read(_CHUNK)
                 if not chunk:
                     return size
                 size += len(chunk)
-    except GZIP_ERRORS as e:
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise InputError(f"{path}: corrupt or truncated gzip (after {size:,} uncompressed "
                          f"bytes): {e}") from None
-    except tf.errors.OpError as e:
-        raise InputError(f"{path}: cannot read: {e.message}") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e}") from None
 
 
 def resolve_files(patterns: Union[str, Sequence[str]]) -> List[str]:
@@ -79,25 +79,25 @@ def resolve_files(patterns: Union[str, Sequence[str]]) -> List[str]:
     files: List[str] = []
     for pattern in patterns:
         try:
-            matched = sorted(tf.io.gfile.glob(pattern))
-        except tf.errors.OpError as e:
-            raise InputError(f"{pattern}: cannot list: {e.message}") from e
+            matched = filesystem.glob(pattern)
+        except OSError as e:
+            raise InputError(f"{pattern}: cannot list: {e}") from e
         if not matched:
             raise InputError(f"{pattern}: no such file")
         files.extend(matched)
     for path in files:
-        if tf.io.gfile.isdir(path):
+        if filesystem.isdir(path):
             raise InputError(f"{path}: is a directory, expected a file")
         try:
             gz = is_gzip(path)
-        except (OSError, tf.errors.OpError) as e:
+        except OSError as e:
             raise InputError(f"{path}: cannot read: {e}") from e
         if gz:
             check_gzip(path)
         try:
             with open_binary(path) as f:
                 head = f.read(1 << 16)
-        except GZIP_ERRORS + (tf.errors.OpError,) as e:
+        except GZIP_ERRORS as e:
             raise InputError(f"{path}: cannot read: {e}") from e
         if not head.replace(UTF8_BOM, b"", 1).strip():
             raise InputError(f"{path}: file is empty")
@@ -210,7 +210,7 @@ def file_chunks(path: str) -> Iterator[Tuple[int, bytes]]:
             for data in raw_chunks(f):
                 yield number, data
                 number += data.count(b"\n")
-    except GZIP_ERRORS + (tf.errors.OpError,) as e:
+    except GZIP_ERRORS as e:
         raise InputError(f"{path}:{number}: cannot read: {e}") from None
 
 

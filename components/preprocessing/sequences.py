@@ -18,14 +18,16 @@ directly, so the two can never disagree.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence
 
-import tensorflow as tf
 
 from components.preprocessing.config import LAST_K, LEAVE_ONE_OUT, TRAIN, WindowConfig, \
     ProtocolConfig
 from components.preprocessing.windows import holdout_split, session_ids
 from t2diff_tf import features as F
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 Chunk = Dict[str, object]
 

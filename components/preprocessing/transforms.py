@@ -31,10 +31,9 @@ from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-import tensorflow as tf
 
 from components.beam_errors import one_line, quiet_beam_errors
-from components.preprocessing import kcore, readers
+from components.preprocessing import filesystem, kcore, readers
 from components.preprocessing.config import (SERVING, SPLITS, TRAIN_SEQUENCES, ProtocolConfig,
                                              WindowConfig)
 from components.preprocessing.records import DeadLetter, InputError, UserRowColumns
@@ -44,7 +43,8 @@ from components.preprocessing.schema import (schema_text, sequence_schema,
 from components.preprocessing.tfrecord_batches import WriteTFRecordBatches
 from components.preprocessing.vocabulary import (ITEM_FEATURES_FILE, VOCABULARY_FILE, ItemFeatures,
                                                  Vocabulary)
-from components.preprocessing.windows import serving_window_example, user_window_examples
+from components.preprocessing.windows import (UserHistory, serving_window_examples,
+                                              users_window_examples)
 from t2diff_tf.features import ExampleSpec, SequenceSpec
 
 STATS_FILE = "stats.json"
@@ -223,11 +223,16 @@ class _FilterUsers(beam.DoFn):
         yield user, items, timestamps
 
 
+#: Users whose windows are built and serialized in one numpy pass (``windows.users_window_examples``):
+#: per user, the many small numpy calls cost more than the windows themselves.
+USERS_PER_BATCH = 128
+
+
 class _MakeWindows(beam.DoFn):
-    """Kept user sequence -> the user's serialized tf.Examples of each split, one list per split
-    tagged by it (and the user's serving window, tagged ``serving``, when asked for), and
-    ``(counter, examples)`` per user and split tagged ``COUNTS``: one Beam element per user and
-    split, not per example (:mod:`~components.preprocessing.tfrecord_batches`)."""
+    """A batch of kept user sequences -> their serialized tf.Examples of each split, one list
+    per split tagged by it (and the users' serving windows, tagged ``serving``, when asked
+    for), and ``(counter, examples)`` per split tagged ``COUNTS``: one Beam element per batch
+    and split, not per example (:mod:`~components.preprocessing.tfrecord_batches`)."""
 
     COUNTS = "counts"
 
@@ -236,17 +241,18 @@ class _MakeWindows(beam.DoFn):
         self._protocol = protocol
         self._serving = serving
 
-    def process(self, sequence, lookup: Dict[str, int]):
-        user, items, timestamps = sequence
-        ids = [lookup[item] for item in items]
+    def process(self, batch, lookup: Dict[str, int]):
+        to_id = lookup.__getitem__
+        histories = [UserHistory(user, list(map(to_id, items)), timestamps)
+                     for user, items, timestamps in batch]
         # Deterministic bytes (features in one fixed order), so every runner and process writes
         # the same files; built without a proto per window (example_bytes.py).
-        examples = user_window_examples(user, ids, timestamps, self._window, self._protocol)
+        examples = users_window_examples(histories, self._window, self._protocol)
         if self._serving:
-            examples[SERVING] = [serving_window_example(user, ids, timestamps, self._window)]
-        for split, batch in examples.items():
-            yield beam.pvalue.TaggedOutput(split, batch)
-            yield beam.pvalue.TaggedOutput(self.COUNTS, (f"examples.{split}", len(batch)))
+            examples[SERVING] = serving_window_examples(histories, self._window)
+        for split, written in examples.items():
+            yield beam.pvalue.TaggedOutput(split, written)
+            yield beam.pvalue.TaggedOutput(self.COUNTS, (f"examples.{split}", len(written)))
 
 
 class _MakeChunks(beam.DoFn):
@@ -331,8 +337,7 @@ class _Truncate(beam.DoFn):
 
 
 def _write_text(path: str, text: str) -> str:
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text)
+    filesystem.write_text(path, text)
     return path
 
 
@@ -380,10 +385,13 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
              lambda _, v, g: ItemFeatures.from_genres(v, g).write(output_dir),
              v=beam.pvalue.AsSingleton(vocabulary), g=beam.pvalue.AsSingleton(genres)))
 
-    windows = kept | "Windows" >> beam.ParDo(
+    windows = (kept
+               | "BatchUsers" >> beam.BatchElements(min_batch_size=USERS_PER_BATCH,
+                                                    max_batch_size=USERS_PER_BATCH)
+               | "Windows" >> beam.ParDo(
         _MakeWindows(config.window, config.protocol, config.serving_windows),
         lookup=beam.pvalue.AsSingleton(lookup)).with_outputs(*SPLITS, SERVING,
-                                                             _MakeWindows.COUNTS)
+                                                             _MakeWindows.COUNTS))
     shards = config.num_shards
     window_splits = SPLITS + ((SERVING,) if config.serving_windows else ())
     for split in window_splits:
@@ -457,22 +465,22 @@ def _remove_outputs(output_dir: str, created: bool, keep_dead_letters: bool) -> 
     (unless dead letters are kept), else every output of this module in it; Beam's
     ``beam-temp-*`` folders go in every case. With ``keep_dead_letters`` only
     ``dead_letter/dead_letter.jsonl`` and ``stats.json`` stay."""
-    if not tf.io.gfile.exists(output_dir):
+    if not filesystem.exists(output_dir):
         return
     if created and not keep_dead_letters:
-        tf.io.gfile.rmtree(output_dir)
+        filesystem.rmtree(output_dir)
         return
-    for name in tf.io.gfile.listdir(output_dir):
+    for name in filesystem.listdir(output_dir):
         name = name.rstrip("/")
         path = os.path.join(output_dir, name)
         if name == DEAD_LETTER_DIR and keep_dead_letters:
-            for inner in tf.io.gfile.listdir(path):
+            for inner in filesystem.listdir(path):
                 if inner.startswith("beam-temp-"):
-                    tf.io.gfile.rmtree(os.path.join(path, inner.rstrip("/")))
+                    filesystem.rmtree(os.path.join(path, inner.rstrip("/")))
         elif name.startswith(("Split-", "beam-temp-")) or name == DEAD_LETTER_DIR:
-            tf.io.gfile.rmtree(path)
+            filesystem.rmtree(path)
         elif name in _OUTPUT_FILES and not (keep_dead_letters and name == STATS_FILE):
-            tf.io.gfile.remove(path)
+            filesystem.remove(path)
 
 
 def _input_names(source: beam.PTransform) -> str:
@@ -512,7 +520,7 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
 
     Args:
       source: a reader from ``readers`` (or ``SourceConfig.build()``).
-      output_dir: where the outputs go (local or any ``tf.io.gfile`` filesystem).
+      output_dir: where the outputs go (local or any filesystem Beam has: ``filesystem.py``).
       config: windows, protocol and filters.
       beam_args: Beam pipeline options (runner and its flags) for a new pipeline.
       pipeline: an unstarted pipeline to use instead (e.g. the one a TFX component is given);
@@ -532,9 +540,9 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
         else failed inside Beam (one line).
     """
     started = time.time()
-    created = not tf.io.gfile.exists(output_dir)
+    created = not filesystem.exists(output_dir)
     try:
-        tf.io.gfile.makedirs(output_dir)
+        filesystem.makedirs(output_dir)
         _run_beam(source, output_dir, config, beam_args, pipeline)
         stats = _collect_stats(source, output_dir, config, started)
     except BaseException:
@@ -555,9 +563,9 @@ def _collect_stats(source: beam.PTransform, output_dir: str, config: PreprocessC
                    started: float) -> dict:
     """Reads the counters the pipeline wrote into the stats, writes ``stats.json`` and the
     schemas."""
-    with tf.io.gfile.GFile(os.path.join(output_dir, "counters.json")) as f:
+    with filesystem.open_text(os.path.join(output_dir, "counters.json")) as f:
         counters: Dict[str, int] = json.load(f)
-    tf.io.gfile.remove(os.path.join(output_dir, "counters.json"))
+    filesystem.remove(os.path.join(output_dir, "counters.json"))
 
     stats = _nest(counters)
     stats.setdefault("filtered", {})
@@ -623,10 +631,10 @@ def _check_stats(stats: dict, source: beam.PTransform, output_dir: str,
 
 
 def _first_dead_letters(path: str, n: int = 3) -> List[str]:
-    if not tf.io.gfile.exists(path):
+    if not filesystem.exists(path):
         return []
     out = []
-    with tf.io.gfile.GFile(path) as f:
+    with filesystem.open_text(path) as f:
         for line in f:
             out.append(str(DeadLetter(**json.loads(line))))
             if len(out) == n:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
+
+from components.preprocessing import filesystem
 
 VOCABULARY_FILE = "item_vocabulary.tsv"
 ITEM_FEATURES_FILE = "item_features.tsv"
@@ -43,18 +43,18 @@ class Vocabulary:
         return (counts / max(1.0, counts.sum())).astype(np.float32)
 
     def write(self, directory: str) -> str:
-        path = os.path.join(directory, VOCABULARY_FILE)
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write("int_id\traw_id\tcount\n")
-            for i, (raw, count) in enumerate(zip(self.raw_ids, self.counts)):
-                f.write(f"{i + 1}\t{raw}\t{count}\n")
+        path = filesystem.join(directory, VOCABULARY_FILE)
+        filesystem.write_text(path, "".join(
+            ["int_id\traw_id\tcount\n"]
+            + [f"{i + 1}\t{raw}\t{count}\n"
+               for i, (raw, count) in enumerate(zip(self.raw_ids, self.counts))]))
         return path
 
     @classmethod
     def read(cls, directory: str) -> "Vocabulary":
-        path = os.path.join(directory, VOCABULARY_FILE)
+        path = filesystem.join(directory, VOCABULARY_FILE)
         raw_ids, counts = [], []
-        with tf.io.gfile.GFile(path) as f:
+        with filesystem.open_text(path) as f:
             header = f.readline().rstrip("\n").split("\t")
             if header != ["int_id", "raw_id", "count"]:
                 raise ValueError(f"{path}:1: expected header int_id/raw_id/count, got {header}")
@@ -86,18 +86,18 @@ class ItemFeatures:
         return cls(names, matrix)
 
     def write(self, directory: str) -> str:
-        path = os.path.join(directory, ITEM_FEATURES_FILE)
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write("int_id\t" + "|".join(self.names) + "\n")
-            for i in range(1, self.matrix.shape[0]):
-                active = [self.names[j] for j in np.flatnonzero(self.matrix[i])]
-                f.write(f"{i}\t{'|'.join(active)}\n")
+        path = filesystem.join(directory, ITEM_FEATURES_FILE)
+        lines = ["int_id\t" + "|".join(self.names) + "\n"]
+        for i in range(1, self.matrix.shape[0]):
+            active = [self.names[j] for j in np.flatnonzero(self.matrix[i])]
+            lines.append(f"{i}\t{'|'.join(active)}\n")
+        filesystem.write_text(path, "".join(lines))
         return path
 
     @classmethod
     def read(cls, directory: str) -> "ItemFeatures":
-        path = os.path.join(directory, ITEM_FEATURES_FILE)
-        with tf.io.gfile.GFile(path) as f:
+        path = filesystem.join(directory, ITEM_FEATURES_FILE)
+        with filesystem.open_text(path) as f:
             header = f.readline().rstrip("\n").split("\t")
             names = tuple(n for n in header[1].split("|") if n) if len(header) > 1 else ()
             index = {g: j for j, g in enumerate(names)}

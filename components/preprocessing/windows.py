@@ -7,34 +7,44 @@ the two can never disagree.
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
-import tensorflow as tf
 
 from components.preprocessing import example_bytes
 from components.preprocessing.config import (LAST_K, LEAVE_ONE_OUT, TEST, TRAIN, VALIDATION,
                                              ProtocolConfig, WindowConfig)
 from t2diff_tf import features as F
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 Window = Dict[str, object]
+
+
+class UserHistory(NamedTuple):
+    """One user's behaviours in time order: item ids (1..N) and their timestamps (``None``
+    when the log has no time)."""
+
+    user: str
+    items: Sequence[int]
+    timestamps: Optional[Sequence[int]]
 
 
 def session_ids(timestamps: Optional[Sequence[int]], config: WindowConfig,
                 length: int) -> List[int]:
-    """Time-gap session number of every behaviour (0, 1, ... increasing with time).
+    """Time-gap session number of every behaviour (0, 1, ... increasing with time): a new
+    session starts after a gap of more than ``config.session_gap_seconds``.
 
     Only used by the ``time_gap`` mode; needs timestamps.
     """
     if timestamps is None:
         raise ValueError("session_mode='time_gap' needs timestamps; this log has none "
                          "(use session_mode='last_k')")
-    ids, current = [], 0
-    for j in range(length):
-        if j and timestamps[j] - timestamps[j - 1] > config.session_gap_seconds:
-            current += 1
-        ids.append(current)
-    return ids
+    times = np.asarray(timestamps[:length], np.int64)
+    starts = np.diff(times) > config.session_gap_seconds
+    return np.concatenate([[0], np.cumsum(starts)]).astype(np.int64)[:length].tolist()
 
 
 def make_window(user: str, items: Sequence[int], timestamps: Optional[Sequence[int]],
@@ -116,13 +126,41 @@ def serving_window_example(user: str, items: Sequence[int],
     """The serialized :func:`serving_example` of :func:`serving_window` (the same bytes as its
     ``SerializeToString(deterministic=True)``; a test holds them equal), from
     :func:`window_arrays` without a proto."""
-    if len(items) < 1:
-        raise ValueError("a serving window needs at least one behaviour")
-    features = window_arrays(user, list(items) + [F.PADDING_ID],
-                             None if timestamps is None else list(timestamps) + [timestamps[-1]],
-                             np.array([len(items)], np.int64), config)
-    return example_bytes.int64_examples(
-        {name: features[name] for name in F.QUERY_FEATURES + (F.TARGET_TIMESTAMP,)}, user)[0]
+    return serving_window_examples([UserHistory(user, items, timestamps)], config)[0]
+
+
+def serving_window_examples(histories: Sequence[UserHistory], config: WindowConfig
+                            ) -> List[bytes]:
+    """:func:`serving_window_example` of many users at once, in the order of ``histories``."""
+    out = [b""] * len(histories)
+    for rows, group in _grouped_by_time(histories):
+        lengths = [len(h.items) for h in group]
+        if min(lengths, default=1) < 1:
+            raise ValueError("a serving window needs at least one behaviour")
+        # The window of a next item appended at each user's latest time, without that item.
+        items = [list(h.items) + [F.PADDING_ID] for h in group]
+        times = (None if group[0].timestamps is None
+                 else [list(h.timestamps) + [h.timestamps[-1]] for h in group])
+        first = np.cumsum([0] + [n + 1 for n in lengths[:-1]])
+        features = window_arrays([h.user for h in group], np.concatenate(items),
+                                 None if times is None else np.concatenate(times),
+                                 first + np.array(lengths, np.int64), config, first=first)
+        examples = example_bytes.int64_examples(
+            {name: features[name] for name in F.QUERY_FEATURES + (F.TARGET_TIMESTAMP,)},
+            [h.user for h in group])
+        for row, example in zip(rows, examples):
+            out[row] = example
+    return out
+
+
+def _grouped_by_time(histories: Sequence[UserHistory]
+                     ) -> Iterator[Tuple[List[int], List[UserHistory]]]:
+    """``histories`` split into those with timestamps and those without (one log has one or
+    the other; a mixed batch is computed in two parts), each with its rows in ``histories``."""
+    for timed in (True, False):
+        rows = [r for r, h in enumerate(histories) if (h.timestamps is not None) == timed]
+        if rows:
+            yield rows, [histories[r] for r in rows]
 
 
 def user_fraction(user: str, seed: int) -> float:
@@ -176,18 +214,29 @@ class UserWindowArrays(NamedTuple):
     features: Dict[str, np.ndarray]
 
 
-def window_arrays(user: str, items: Sequence[int], timestamps: Optional[Sequence[int]],
-                  positions: np.ndarray, window: WindowConfig) -> Dict[str, np.ndarray]:
-    """:func:`make_window` of each target position in ``positions`` ``[P]`` (each ``>= 1``),
-    computed for all of them at once with numpy (the preprocessing's hot loop: a Python loop
-    per window position costs about 4x more; a test checks that the two agree).
+def window_arrays(user: Union[str, Sequence[str]], items: Sequence[int],
+                  timestamps: Optional[Sequence[int]], positions: np.ndarray,
+                  window: WindowConfig, first: Optional[np.ndarray] = None
+                  ) -> Dict[str, np.ndarray]:
+    """:func:`make_window` of each target position in ``positions`` ``[P]``, computed for all
+    of them at once with numpy (the preprocessing's hot loop: a Python loop per window position
+    costs about 4x more; a test checks that the two agree).
+
+    Args:
+      user: the user (or, with ``first``, the user of each row ``[P]``), for error messages.
+      items, timestamps: ``[N]`` behaviours in time order; several users' one after another
+        when ``first`` is given.
+      positions: ``[P]`` target indices into ``items``.
+      first: ``[P]`` the index of the first behaviour of each row's user (the window looks
+        back no further); 0 for every row by default. Each position is ``>= first + 1``.
 
     Returns each of ``features.SEQUENCE_FEATURES`` as ``[P, L]`` and each of
     ``features.SCALAR_FEATURES`` as ``[P]`` (int64).
     """
     L = window.example.history_length
+    first = np.zeros_like(positions) if first is None else np.asarray(first, np.int64)
     index = positions[:, None] + np.arange(-L, 0)                    # [P, L] behaviour indices
-    valid = index >= 0
+    valid = index >= first[:, None]
     safe = np.where(valid, index, 0)
     ids = np.asarray(items, np.int64)
     history = np.where(valid, ids[safe], F.PADDING_ID)
@@ -195,6 +244,8 @@ def window_arrays(user: str, items: Sequence[int], timestamps: Optional[Sequence
     if window.session_mode == LAST_K:
         back = (positions[:, None] - 1 - index) // window.session_k
     else:
+        # Session numbers over all users' behaviours at once: only differences within one
+        # user's behaviours are used, so numbering across users' boundaries does not matter.
         numbers = np.asarray(session_ids(timestamps, window, len(items)), np.int64)
         back = numbers[positions - 1][:, None] - numbers[safe]
     session = np.where(valid, back, F.PADDING_SESSION)
@@ -207,9 +258,12 @@ def window_arrays(user: str, items: Sequence[int], timestamps: Optional[Sequence
     else:
         gaps = positions[:, None] - index
         target_times = np.zeros_like(positions)
-    if np.any(gaps[valid] < 0):
-        raise ValueError(f"time gap must be >= 0, got {int(gaps[valid].min())} "
-                         f"(user {user}'s behaviours are not in time order)")
+    backwards = valid & (gaps < 0)
+    if backwards.any():
+        row = int(np.flatnonzero(backwards.any(axis=1))[0])
+        name = user if isinstance(user, str) else user[row]
+        raise ValueError(f"time gap must be >= 0, got {int(gaps[backwards].min())} "
+                         f"(user {name}'s behaviours are not in time order)")
     lags = np.where(valid, time_lag_buckets(np.maximum(gaps, 0), window.example.num_time_lag_buckets),
                     0)
     return {F.HISTORY: history, F.HISTORY_TIME_LAG: lags, F.HISTORY_SESSION: session,
@@ -251,13 +305,43 @@ def user_window_examples(user: str, items: Sequence[int], timestamps: Optional[S
     bytes of ``to_example(w).SerializeToString(deterministic=True)`` for each ``w`` of
     :func:`user_windows`, written without a proto per window
     (``example_bytes.int64_examples``; a test holds the two equal)."""
-    arrays = user_window_arrays(user, items, timestamps, window, protocol)
-    if arrays is None:
-        return {}
-    serialized = example_bytes.int64_examples(arrays.features, user)
+    return users_window_examples([UserHistory(user, items, timestamps)], window, protocol)
+
+
+def users_window_examples(histories: Sequence[UserHistory], window: WindowConfig,
+                          protocol: ProtocolConfig) -> Dict[str, List[bytes]]:
+    """:func:`user_window_examples` of many users at once: by split, user after user in the
+    order of ``histories`` (those with timestamps before those without, when a batch mixes
+    them), each user's in target order.
+
+    One numpy pass builds every window of the batch (the users' behaviours laid end to end,
+    each window bounded by its user's first behaviour), and one
+    ``example_bytes.int64_examples`` call serializes them: the per-user cost of many small
+    numpy calls is paid once per batch.
+    """
     examples: Dict[str, List[bytes]] = {}
-    for split, example in zip(arrays.splits, serialized):
-        examples.setdefault(split, []).append(example)
+    for _, group in _grouped_by_time(histories):
+        splits: List[str] = []
+        positions: List[int] = []
+        firsts: List[int] = []
+        users: List[str] = []
+        offset = 0
+        for history in group:
+            targets = target_positions(history.user, len(history.items), protocol)
+            splits += [split for split, _ in targets]
+            positions += [offset + p for _, p in targets]
+            firsts += [offset] * len(targets)
+            users += [history.user] * len(targets)
+            offset += len(history.items)
+        if not positions:
+            continue
+        timed = group[0].timestamps is not None
+        features = window_arrays(
+            users, np.concatenate([np.asarray(h.items, np.int64) for h in group]),
+            np.concatenate([np.asarray(h.timestamps, np.int64) for h in group]) if timed else None,
+            np.array(positions, np.int64), window, first=np.array(firsts, np.int64))
+        for split, example in zip(splits, example_bytes.int64_examples(features, users)):
+            examples.setdefault(split, []).append(example)
     return examples
 
 

@@ -29,9 +29,14 @@ def test_int64_examples_equal_deterministic_proto_serialization(seed):
             high = [2, 300, 2 ** 40, 2 ** 63 - 1][rng.integers(0, 4)]
             shape = (rows, length) if rng.random() < 0.6 else (rows,)
             features[str(name)] = rng.integers(low, high, size=shape, dtype=np.int64)
-        user_id = ["u1", "\u00fc", "", "x" * 300][trial % 4]
+        users = ["u1", "\u00fc", "", "x" * 300]
+        user_id = users[trial % 4]
         got = E.int64_examples(features, user_id)
         assert got == [_proto_bytes(features, r, user_id) for r in range(rows)]
+        # Many users in one call, one id per row, repeated and out of order.
+        per_row = [users[i] for i in rng.integers(0, 4, size=rows)]
+        got = E.int64_examples(features, per_row)
+        assert got == [_proto_bytes(features, r, per_row[r]) for r in range(rows)]
 
 
 def test_varints_closed_form():
@@ -41,6 +46,11 @@ def test_varints_closed_form():
                 b"\x80\x80\x01", b"\xff" * 8 + b"\x7f", b"\xff" * 9 + b"\x01",
                 b"\x80" * 9 + b"\x01"]
     assert [data[bounds[i]:bounds[i + 1]] for i in range(len(values))] == expected
+    # Each value on both sides of the table's edges, looked up or computed alike.
+    edges = np.array([E._TABLE_LOW - 1, E._TABLE_LOW, -1, 0, E._TABLE_HIGH - 1, E._TABLE_HIGH,
+                      2 ** 63 - 1, 5, -(2 ** 63)])
+    assert E.varint_bytes(edges)[0] == E._computed_varint_bytes(edges)[0]
+    np.testing.assert_array_equal(E.varint_bytes(edges)[1], E._computed_varint_bytes(edges)[1])
     assert [E.varint(n) for n in (0, 127, 128, 300, 2 ** 14, 2 ** 40)] == [
         E.varint_bytes(np.array([n]))[0] for n in (0, 127, 128, 300, 2 ** 14, 2 ** 40)]
 
@@ -63,3 +73,5 @@ def test_bad_shapes_and_the_user_id_feature_are_refused():
     with pytest.raises(ValueError, match="user_id"):
         E.int64_examples({F.USER_ID: np.zeros(2)}, "u")
     assert E.int64_examples({}, "u") == []
+    with pytest.raises(ValueError, match="2 user ids for 3 rows"):
+        E.int64_examples({"a": np.zeros(3, np.int64)}, ["u", "v"])

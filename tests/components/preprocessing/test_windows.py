@@ -157,6 +157,45 @@ def test_user_window_examples_are_the_bytes_of_each_window_proto(mode, with_time
         assert user_window_examples(user, items, times, window, protocol) == expected
 
 
+@pytest.mark.parametrize("mode", ["last_k", TIME_GAP])
+def test_many_users_at_once_are_each_users_examples_in_turn(mode):
+    """A batch of users laid end to end (what the Beam step serializes) gives each user's own
+    examples and serving example: no window looks back into the previous user's behaviours,
+    and sessions and lags restart at every user; a log without time mixed in is computed
+    after the timed users."""
+    from components.preprocessing.windows import (UserHistory, serving_window_example,
+                                                  serving_window_examples,
+                                                  users_window_examples)
+
+    window = WindowConfig(ExampleSpec(history_length=6, num_time_lag_buckets=40),
+                          session_mode=mode, session_k=2, session_gap_seconds=100)
+    protocol = ProtocolConfig(max_train_windows_per_user=4)
+    timed = [UserHistory(*h) for h in _random_histories(
+        7, 12, 12, 50, [0, 1, 100, 101, 2 ** 40], True, start=1_600_000_000)]
+    # Later users start earlier in time than earlier users end: boundaries must not leak.
+    timed[3] = timed[3]._replace(timestamps=[t - 10 ** 12 for t in timed[3].timestamps])
+    untimed = ([UserHistory(*h) for h in _random_histories(8, 5, 12, 50, [0], False)]
+               if mode == "last_k" else [])
+    histories = timed[:6] + untimed + timed[6:]
+
+    expected = {}
+    for h in timed + untimed:
+        for split, examples in user_window_examples(*h, window, protocol).items():
+            expected.setdefault(split, []).extend(examples)
+    assert users_window_examples(histories, window, protocol) == expected
+    assert serving_window_examples(histories, window) == [
+        serving_window_example(*h, window) for h in histories]
+
+
+def test_out_of_time_order_in_a_batch_names_the_user():
+    from components.preprocessing.windows import UserHistory, users_window_examples
+
+    histories = [UserHistory("a", [1, 2, 3, 4], [1, 2, 3, 4]),
+                 UserHistory("b", [1, 2, 3, 4], [10, 5, 20, 30])]
+    with pytest.raises(ValueError, match="user b's behaviours are not in time order"):
+        users_window_examples(histories, WIN, ProtocolConfig())
+
+
 def test_user_windows_refuse_behaviours_out_of_time_order():
     with pytest.raises(ValueError, match="time order"):
         list(user_windows("u", [1, 2, 3, 4], [10, 5, 20, 30], WIN, ProtocolConfig()))
