@@ -218,6 +218,11 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--schema", default=None,
                    help="a schema the examples must follow (the run stops early otherwise)")
     g.add_argument("--no-cache", action="store_true", help="rerun every component")
+    g.add_argument("--preprocess-beam-arg", action="append", default=[], metavar="ARG",
+                   help="a Beam option for PreprocessLogs only, after the pipeline's (it wins), "
+                        "repeatable: --preprocess-beam-arg=--direct_num_workers=2 "
+                        "--preprocess-beam-arg=--direct_running_mode=multi_processing runs the "
+                        "preprocessing in two processes (StatisticsGen cannot: BENCHMARKS.md)")
 
 
 def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -245,7 +250,9 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
         warm_start=args.warm_start,
         push_destination=args.push_destination,
         schema_path=os.path.abspath(args.schema) if args.schema else None,
-        beam_pipeline_args=beam_args, enable_cache=not args.no_cache)
+        beam_pipeline_args=beam_args,
+        preprocess_beam_pipeline_args=tuple(args.preprocess_beam_arg),
+        enable_cache=not args.no_cache)
 
 
 def describe_lines(stats: dict) -> str:

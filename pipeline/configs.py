@@ -62,6 +62,9 @@ class PipelineConfig:
       push_destination: where blessed models go (default ``<output_root>/serving``).
       schema_path: optional schema the examples must match (stops the run early otherwise).
       beam_pipeline_args: Beam options for the Beam-powered components (DirectRunner default).
+      preprocess_beam_pipeline_args: Beam options for PreprocessLogs alone, after the
+        pipeline's (so they win), e.g. two DirectRunner processes for the preprocessing, where
+        StatisticsGen fails in that mode with the verified tfx_bsl (BENCHMARKS.md).
       enable_cache: reuse outputs of unchanged components.
     """
 
@@ -80,6 +83,7 @@ class PipelineConfig:
     schema_path: Optional[str] = None
     beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",
                                           "--direct_num_workers=1")
+    preprocess_beam_pipeline_args: Tuple[str, ...] = ()
     enable_cache: bool = True
 
     def __post_init__(self):

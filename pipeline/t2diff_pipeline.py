@@ -35,6 +35,8 @@ def create_pipeline(config: PipelineConfig,
         source=config.source.to_json(),
         preprocess_config=json.dumps(config.preprocess.to_json()),
         schema_path=config.schema_path or "").with_id("PreprocessLogs")
+    if config.preprocess_beam_pipeline_args:
+        preprocess.with_beam_pipeline_args(list(config.preprocess_beam_pipeline_args))
     examples = preprocess.outputs["examples"]
     # Statistics, schema and validation are of the window splits; the sequence chunks and the
     # serving windows (no target) follow their own schemas (schemas/sequence_example.pbtxt,

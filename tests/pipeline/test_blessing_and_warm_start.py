@@ -141,6 +141,21 @@ def test_pipeline_resolves_the_latest_blessed_model_for_evaluator_and_trainer(tm
     assert "serving_model" not in nodes["RetrievalEvaluator"]
 
 
+def test_preprocess_beam_args_reach_preprocess_logs_alone_after_the_pipelines(tmp_path):
+    """``--preprocess-beam-arg`` goes to PreprocessLogs only, after the pipeline's options (the
+    later flag wins in Beam); StatisticsGen keeps the pipeline's (it fails in multi-process
+    mode with the verified tfx_bsl)."""
+    config = config_for(tmp_path, "--preprocess-beam-arg=--direct_num_workers=2",
+                        "--preprocess-beam-arg=--direct_running_mode=multi_processing")
+    built = create_pipeline(config)
+    nodes = {node.id: node for node in built.components}
+    pipeline_args = list(config.beam_pipeline_args)
+    assert built.beam_pipeline_args == pipeline_args  # prepended to each Beam component's
+    assert nodes["PreprocessLogs"].executor_spec.beam_pipeline_args == pipeline_args + [
+        "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    assert nodes["StatisticsGen"].executor_spec.beam_pipeline_args == pipeline_args
+
+
 # ------------------------------------------------------------------------------------------------
 # The whole loop (heavy: four local runs, about 10 minutes on a loaded 2-core machine)
 
