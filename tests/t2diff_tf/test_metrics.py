@@ -19,6 +19,23 @@ def test_ranks_and_pessimistic_ties():
     np.testing.assert_array_equal(ranks, [3, 4, 1])
 
 
+def test_numpy_ranks_equal_tensorflow_ranks_with_ties_and_exclusions():
+    """evaluate() ranks an embedding model's scores with numpy: the same ranks, pessimistic
+    ties and history exclusion included (scores drawn from few values, so ties are many)."""
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        batch, n, m = int(rng.integers(1, 9)), int(rng.integers(1, 30)), int(rng.integers(0, 12))
+        scores = rng.integers(0, 4, size=(batch, n)).astype(np.float32)
+        targets = rng.integers(1, n + 1, size=batch)
+        exclude = rng.integers(0, n + 1, size=(batch, m)) if trial % 2 else None
+        expected = target_ranks(tf.constant(scores), tf.constant(targets),
+                                None if exclude is None else tf.constant(exclude)).numpy()
+        got = M.target_ranks_numpy(scores.copy(), targets, exclude)
+        np.testing.assert_array_equal(got, expected)
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5]], np.float32)
+    assert M.target_ranks_numpy(scores.copy(), np.array([4]), np.array([[0, 1, 2, 4]]))[0] == 2
+
+
 def test_history_exclusion_never_drops_the_target():
     scores = tf.constant([[0.9, 0.8, 0.7, 0.6, 0.5]])
     history = tf.constant([[0, 1, 2, 4]])
