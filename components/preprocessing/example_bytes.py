@@ -3,12 +3,12 @@
 The preprocessing writes about one example per training interaction. Building each as a
 ``tf.train.Example`` (``features.int64_example``) and serializing it cost about 30 microseconds
 an example, the largest share of the preprocessing's CPU after the reader. :func:`int64_examples`
-writes the protobuf wire format directly: the varints of every value of every example are
-computed with numpy for all the examples of a user at once, and each example is then one
-``bytes.join`` of fixed pieces and its slices. The bytes are equal to
-``int64_example(...).SerializeToString(deterministic=True)`` (features in the order that
-serialization writes map keys; a test
-compares them on random values, negative and 64-bit ones included), so outputs do not change.
+writes the protobuf wire format directly for the examples of many users at once (the
+preprocessing hands it 128 users' windows): the varints of every value (mostly from a table),
+the distinct headers and the users' id entries go into one buffer, and one numpy gather writes
+every example. The bytes are equal to ``int64_example(...).SerializeToString(deterministic=True)``
+(features in the order that serialization writes map keys; a test compares them on random
+values, negative and 64-bit ones included, and per-row users), so outputs do not change.
 
 Wire format used (``tensorflow/core/example/example.proto``, ``feature.proto``)::
 
@@ -214,8 +214,9 @@ def int64_examples(features: Mapping[str, np.ndarray],
     # user id entry in its key's place).
     piece_starts = [np.zeros(rows, np.int64), size_base + size_bounds[:-1]]
     piece_lengths = [np.ones(rows, np.int64), np.diff(size_bounds)]
+    user_at = names.index(F.USER_ID)
     for k in range(len(value_names) + 1):
-        if k == names.index(F.USER_ID):
+        if k == user_at:
             piece_starts.append(pool_starts[user_piece])
             piece_lengths.append(pool_lengths[user_piece])
         if k == len(value_names):

@@ -223,8 +223,9 @@ class _FilterUsers(beam.DoFn):
         yield user, items, timestamps
 
 
-#: Users whose windows are built and serialized in one numpy pass (``windows.users_window_examples``):
-#: per user, the many small numpy calls cost more than the windows themselves.
+#: Users whose windows are built and serialized in one numpy pass
+#: (``windows.users_window_examples``): per user, the many small numpy calls cost more than the
+#: windows themselves.
 USERS_PER_BATCH = 128
 
 
