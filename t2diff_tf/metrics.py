@@ -204,18 +204,20 @@ def make_ranker(model, exclude_history: bool = False):
     argument, so new weights need no retrace.
     """
     model_ref = weakref.ref(model)  # a cached ranker must not keep the model alive
+    scores_itself = getattr(model, "score_corpus", None) is not None
 
     @tf.function(reduce_retracing=True)
-    def queries_or_ranks(features):
+    def traced(features):
+        """An embedding model's ``[batch, d]`` queries, or a ``score_corpus`` model's ranks."""
         current = model_ref()
-        if getattr(current, "score_corpus", None) is None:
-            return tf.cast(current.query_embeddings(features, training=False), tf.float32)
-        return target_ranks(current.score_corpus(features), features[F.TARGET],
-                            _excluded(features) if exclude_history else None)
+        if scores_itself:
+            return target_ranks(current.score_corpus(features), features[F.TARGET],
+                                _excluded(features) if exclude_history else None)
+        return tf.cast(current.query_embeddings(features, training=False), tf.float32)
 
     def rank_batch(features, corpus):
-        out = queries_or_ranks(features).numpy()
-        if getattr(model_ref(), "score_corpus", None) is not None:
+        out = traced(features).numpy()
+        if scores_itself:
             return out
         exclude = np.asarray(_excluded(features)) if exclude_history else None
         return target_ranks_numpy(out @ corpus.T, np.asarray(features[F.TARGET]), exclude)
