@@ -10,6 +10,10 @@ csv`` runs on it in a fresh process per mode:
 - ``direct``: DirectRunner, one process (Beam's default, what the issue measured);
 - ``multiprocess``: DirectRunner with ``--direct_num_workers=2
   --direct_running_mode=multi_processing``;
+- ``direct-shuffle``, ``multiprocess-shuffle``: the same with ``--user-grouping shuffle``: rows
+  grouped by the runner's in-memory grouping instead of through partition files on disk (the
+  DirectRunner's default since ``user_partitions.py``; before it, ``direct`` and ``multiprocess``
+  measured this);
 - ``dask``: ``--runner dask --dask-workers 2`` (``components/preprocessing/dask_runner.py``).
 
 The one large file is read in byte-range blocks (``file_blocks.BLOCK_BYTES``, 64 MiB), so every
@@ -44,6 +48,9 @@ MODES = {
     "direct": [],
     "multiprocess": ["--beam-arg=--direct_num_workers=2",
                      "--beam-arg=--direct_running_mode=multi_processing"],
+    "direct-shuffle": ["--user-grouping", "shuffle"],
+    "multiprocess-shuffle": ["--user-grouping", "shuffle", "--beam-arg=--direct_num_workers=2",
+                             "--beam-arg=--direct_running_mode=multi_processing"],
     "dask": ["--runner", "dask", "--dask-workers", "2"],
 }
 TARGET_WALL_6_5M = 50.0
@@ -166,7 +173,22 @@ def main(argv=None) -> int:
             with open(args.results, "w") as f:
                 json.dump(results, f, indent=2)
     print(table(results["runs"]))
+    print(memory_growth(results["runs"]))
     return 0
+
+
+def memory_growth(runs: List[dict]) -> str:
+    """Per mode, peak memory at the smallest and largest row counts measured: whether it grows
+    with the log (the issue: it must not, beyond one user's history)."""
+    lines = []
+    for mode in MODES:
+        measured = sorted((r["rows"], r["peak_rss_gb"]) for r in runs
+                          if r["mode"] == mode and not r["exit_code"])
+        if len(measured) >= 2:
+            (small, low), (large, high) = measured[0], measured[-1]
+            lines.append(f"{mode}: peak {low} GB at {small:,} rows, {high} GB at {large:,} rows "
+                         f"({(high - low) / (large - small) * 1e6 * 1024:+.1f} MB per million rows)")
+    return "\n".join(lines)
 
 
 def table(runs: List[dict]) -> str:

@@ -296,7 +296,8 @@ def _preprocess(args: argparse.Namespace) -> int:
     source = source_from_args(args)
     config = preprocess_config_from_args(args)
     with runner_beam_args(args.runner, args.dask_workers, args.beam_arg) as beam_args:
-        stats = run_preprocessing(source.build(), args.output, config, beam_args)
+        stats = run_preprocessing(source.build(), args.output, config, beam_args,
+                                  user_grouping=args.user_grouping)
     print(format_stats(stats, args.output))
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
@@ -405,6 +406,11 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                           "processes on 127.0.0.1 (other runners: --beam-arg=--runner=...)")
     pre.add_argument("--dask-workers", type=int, default=2,
                      help="with --runner dask: worker processes of the local cluster")
+    pre.add_argument("--user-grouping", choices=("auto", "shuffle", "disk"), default="auto",
+                     help="how rows are grouped by user: 'disk' through partition files under "
+                          "--output (a worker's memory bounded whatever the log's size), "
+                          "'shuffle' by the runner; 'auto': disk on the DirectRunner (its own "
+                          "grouping holds the whole log in memory), shuffle on other runners")
     pre.set_defaults(func=_preprocess)
 
     run = sub.add_parser(

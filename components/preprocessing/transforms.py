@@ -27,20 +27,22 @@ import dataclasses
 import json
 import os
 import time
+import uuid
 from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components.beam_errors import one_line, quiet_beam_errors
-from components.preprocessing import filesystem, kcore, readers
+from components.preprocessing import filesystem, kcore, readers, user_partitions
 from components.preprocessing.config import (SERVING, SPLITS, TRAIN_SEQUENCES, ProtocolConfig,
                                              WindowConfig)
-from components.preprocessing.records import DeadLetter, InputError, UserRowColumns
+from components.preprocessing.records import DeadLetter, InputError
 from components.preprocessing import sequences as chunks
 from components.preprocessing.schema import (schema_text, sequence_schema,
                                              serving_window_schema, window_schema)
 from components.preprocessing.tfrecord_batches import WriteTFRecordBatches
+from components.preprocessing.user_partitions import UserSequences
 from components.preprocessing.vocabulary import (ITEM_FEATURES_FILE, VOCABULARY_FILE, ItemFeatures,
                                                  Vocabulary)
 from components.preprocessing.windows import (UserHistory, serving_window_examples,
@@ -133,35 +135,32 @@ class PreprocessConfig:
                    sequences=SequenceSpec(**sequences) if sequences else None, **values)
 
 
+#: How rows are grouped by user (``build_pipeline``).
+USER_GROUPINGS = ("auto", "shuffle", "disk")
+
+#: Runner modules whose grouping holds every element in the memory of one process.
+_IN_MEMORY_RUNNERS = ("apache_beam.runners.direct", "apache_beam.runners.portability.fn_api_runner",
+                      "apache_beam.runners.portability.prism_runner")
+
+
+def resolve_user_grouping(pipeline: beam.Pipeline, user_grouping: str) -> str:
+    """``"shuffle"`` or ``"disk"``: ``"auto"`` is ``"disk"`` when ``pipeline`` runs on an
+    in-memory local runner (the DirectRunner in any mode, the default) and ``"shuffle"`` on any
+    other (Dataflow, Flink, Spark, Dask), whose shuffle spills or spreads."""
+    if user_grouping not in USER_GROUPINGS:
+        raise ValueError(f"user_grouping must be one of {USER_GROUPINGS}, not {user_grouping!r}")
+    if user_grouping != "auto":
+        return user_grouping
+    module = type(pipeline.runner).__module__
+    return "disk" if module.startswith(_IN_MEMORY_RUNNERS) else "shuffle"
+
+
 def split_dir(output_dir: str, split: str) -> str:
     return os.path.join(output_dir, f"Split-{split}")
 
 
 # ------------------------------------------------------------------------------------------------
 # Per-user steps
-
-
-class _ConcatenateRows(beam.CombineFn):
-    """Concatenates a user's :class:`records.UserRowColumns`. A combine, not a GroupByKey: the
-    runner lifts it, so each bundle hands the shuffle one accumulator per user."""
-
-    def create_accumulator(self):
-        return UserRowColumns()
-
-    def add_input(self, accumulator, rows):
-        return accumulator.extend(rows)
-
-    def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        merged = next(accumulators, None)
-        if merged is None:
-            return UserRowColumns()
-        for rows in accumulators:
-            merged.extend(rows)
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
 
 
 class _CountItems(beam.CombineFn):
@@ -190,14 +189,6 @@ class _CountItems(beam.CombineFn):
 
     def extract_output(self, counts):
         return dict(counts)
-
-
-def _ordered_sequence(element):
-    """(user, UserRowColumns) -> (user, items, timestamps or None), time order, ties in input
-    order."""
-    user, rows = element
-    items, timestamps = rows.ordered()
-    return user, items, timestamps
 
 
 class _FilterUsers(beam.DoFn):
@@ -294,16 +285,16 @@ class _KCoreRound(beam.DoFn):
         yield user, result.items, result.timestamps
 
 
-def _k_core(sequences, min_item: int, min_user: int, rounds: int):
-    """Unrolled k-core rounds over ``(user, items, timestamps)``: returns the kept sequences
+def _k_core(users: UserSequences, min_item: int, min_user: int, rounds: int):
+    """Unrolled k-core rounds over users' sequences: returns the kept :class:`UserSequences`
     and the counter PCollections (per-round removals, rare items, dropped users, and the items
     still below ``min_item`` after the last round)."""
     counters = []
     for r in range(rounds):
-        counts = sequences | f"KCoreCounts{r}" >> beam.CombineGlobally(_CountItems())
-        outputs = sequences | f"KCoreRound{r}" >> beam.ParDo(
-            _KCoreRound(min_item, min_user), counts=beam.pvalue.AsSingleton(counts)).with_outputs(
-            _KCoreRound.RARE, _FilterUsers.SHORT, main="kept")
+        counts = users.combine_globally(f"KCoreCounts{r}", _CountItems())
+        users, outputs = users.map_users(
+            f"KCoreRound{r}", _KCoreRound(min_item, min_user),
+            tags=(_KCoreRound.RARE, _FilterUsers.SHORT), counts=beam.pvalue.AsSingleton(counts))
         counters += [
             outputs[_KCoreRound.RARE] | f"KCoreRare{r}" >> beam.FlatMap(
                 lambda n, r=r: [(f"filtered.{kcore.FILTERED_ITEM_TOO_RARE}", n),
@@ -312,13 +303,11 @@ def _k_core(sequences, min_item: int, min_user: int, rounds: int):
                 lambda n, r=r: [(f"filtered.{FILTERED_USER_TOO_SHORT}", n), ("users_filtered", 1),
                                 (f"kcore.round_{r + 1:02d}_removed", n)]),
         ]
-        sequences = outputs.kept
-    counters.append(sequences
-                    | "KCoreFinalCounts" >> beam.CombineGlobally(_CountItems())
+    counters.append(users.combine_globally("KCoreFinalCounts", _CountItems())
                     | "KCoreUnconverged" >> beam.FlatMap(
                         lambda counts: [("kcore.items_below_min", 1)
                                         for n in counts.values() if n < min_item]))
-    return sequences, counters
+    return users, counters
 
 
 class _Truncate(beam.DoFn):
@@ -337,6 +326,14 @@ class _Truncate(beam.DoFn):
         yield user, items, timestamps
 
 
+class _CountKept(beam.DoFn):
+    """Kept sequence -> ``("kept", interactions)``, ``("users_kept", 1)``."""
+
+    def process(self, sequence):
+        yield "kept", len(sequence[1])
+        yield "users_kept", 1
+
+
 def _write_text(path: str, text: str) -> str:
     filesystem.write_text(path, text)
     return path
@@ -347,36 +344,44 @@ def _write_text(path: str, text: str) -> str:
 
 
 def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
-                   config: PreprocessConfig) -> None:
-    """Adds the preprocessing of ``source`` to ``p``; outputs land in ``output_dir``."""
+                   config: PreprocessConfig, user_grouping: str = "auto") -> None:
+    """Adds the preprocessing of ``source`` to ``p``; outputs land in ``output_dir``.
+
+    ``user_grouping`` (:data:`USER_GROUPINGS`): how rows are grouped by user for the per-user
+    steps (``user_partitions.py``): ``"shuffle"`` by the runner, ``"disk"`` through partition
+    files under ``output_dir`` (the memory of a worker bounded whatever the log's size),
+    ``"auto"`` on disk for the in-memory local runners (the DirectRunner and its modes) and by
+    the runner's shuffle otherwise. Both write the same examples, stats and vocabulary.
+    """
     log: readers.ParsedLog = p | "Read" >> source
     minimum = max(config.min_user_interactions, config.protocol.min_sequence_length)
 
     k_core = config.min_item_interactions > 0
     # Sources already hand over one element per user and batch (Beam's per-element cost was
     # the largest part of the run when every interaction was an element).
-    sequences = (log.user_rows
-                 | "GroupByUser" >> beam.CombinePerKey(_ConcatenateRows())
-                 | "OrderByTime" >> beam.Map(_ordered_sequence)
-                 | "FilterUsers" >> beam.ParDo(
-                     _FilterUsers(minimum, None if k_core else config.max_user_interactions)
-                 ).with_outputs(_FilterUsers.SHORT, _FilterUsers.TRUNCATED, main="kept"))
-    kept = sequences.kept
+    if resolve_user_grouping(p, user_grouping) == "disk":
+        directory = filesystem.join(output_dir, f"{user_partitions.TEMP_PREFIX}{uuid.uuid4().hex}")
+        filesystem.makedirs(directory)
+        users = user_partitions.PartitionedUserSequences.group(log.user_rows, directory)
+    else:
+        users = user_partitions.ShuffledUserSequences.group(log.user_rows)
+    kept, filtered = users.map_users(
+        "FilterUsers", _FilterUsers(minimum, None if k_core else config.max_user_interactions),
+        tags=(_FilterUsers.SHORT, _FilterUsers.TRUNCATED))
+    short = filtered[_FilterUsers.SHORT]
     kcore_counters = []
-    truncated = sequences[_FilterUsers.TRUNCATED]
+    truncated = filtered[_FilterUsers.TRUNCATED]
     if k_core:
         # The core is of the whole log; each user's cap applies to the core's sequences (so a
         # capped user's older items leave afterwards, as the cap means).
         kept, kcore_counters = _k_core(kept, config.min_item_interactions, minimum,
                                        config.kcore_max_rounds)
         if config.max_user_interactions is not None:
-            capped = kept | "CapUsers" >> beam.ParDo(
-                _Truncate(config.max_user_interactions)).with_outputs(
-                _FilterUsers.TRUNCATED, main="kept")
-            kept, truncated = capped.kept, capped[_FilterUsers.TRUNCATED]
+            kept, capped = kept.map_users("CapUsers", _Truncate(config.max_user_interactions),
+                                          tags=(_FilterUsers.TRUNCATED,))
+            truncated = capped[_FilterUsers.TRUNCATED]
 
-    vocabulary = (kept
-                  | "ItemCounts" >> beam.CombineGlobally(_CountItems())
+    vocabulary = (kept.combine_globally("ItemCounts", _CountItems())
                   | "Vocabulary" >> beam.Map(Vocabulary.from_counts))
     lookup = vocabulary | "Lookup" >> beam.Map(lambda v: v.lookup())
     genres = log.item_genres | "GenresToDict" >> beam.combiners.ToDict()
@@ -386,13 +391,10 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
              lambda _, v, g: ItemFeatures.from_genres(v, g).write(output_dir),
              v=beam.pvalue.AsSingleton(vocabulary), g=beam.pvalue.AsSingleton(genres)))
 
-    windows = (kept
-               | "BatchUsers" >> beam.BatchElements(min_batch_size=USERS_PER_BATCH,
-                                                    max_batch_size=USERS_PER_BATCH)
-               | "Windows" >> beam.ParDo(
-        _MakeWindows(config.window, config.protocol, config.serving_windows),
-        lookup=beam.pvalue.AsSingleton(lookup)).with_outputs(*SPLITS, SERVING,
-                                                             _MakeWindows.COUNTS))
+    windows = kept.flat_map(
+        "Windows", _MakeWindows(config.window, config.protocol, config.serving_windows),
+        tags=(*SPLITS, SERVING, _MakeWindows.COUNTS), batch_size=USERS_PER_BATCH,
+        lookup=beam.pvalue.AsSingleton(lookup))
     shards = config.num_shards
     window_splits = SPLITS + ((SERVING,) if config.serving_windows else ())
     for split in window_splits:
@@ -402,9 +404,9 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
 
     sequence_counters = []
     if config.sequences is not None:
-        chunked = kept | "Chunks" >> beam.ParDo(
-            _MakeChunks(config.window, config.protocol, config.sequences),
-            lookup=beam.pvalue.AsSingleton(lookup))
+        chunked = kept.flat_map(
+            "Chunks", _MakeChunks(config.window, config.protocol, config.sequences),
+            lookup=beam.pvalue.AsSingleton(lookup)).main
         _ = (chunked
              | "ChunkExamples" >> beam.Map(lambda c: c[1])
              | "WriteTrainSequences" >> beam.io.WriteToTFRecord(
@@ -427,12 +429,11 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, output_dir: str,
             lambda d: [("rejected", d.interactions), ("dead_letter_rows", 1),
                        (f"rejected_by_field.{d.field}", d.interactions),
                        (f"rejected_by_reason.{d.code or 'unspecified'}", d.interactions)]),
-        sequences[_FilterUsers.SHORT] | "ShortCounter" >> beam.FlatMap(
+        short | "ShortCounter" >> beam.FlatMap(
             lambda n: [(f"filtered.{FILTERED_USER_TOO_SHORT}", n), ("users_filtered", 1)]),
         truncated | "TruncatedCounter" >> beam.Map(
             lambda n: (f"filtered.{FILTERED_BEYOND_USER_CAP}", n)),
-        kept | "KeptCounter" >> beam.FlatMap(
-            lambda s: [("kept", len(s[1])), ("users_kept", 1)]),
+        kept.flat_map("KeptCounter", _CountKept()).main,
         vocabulary | "ItemsCounter" >> beam.Map(lambda v: ("items", v.size)),
         windows[_MakeWindows.COUNTS],
     ] + sequence_counters + kcore_counters
@@ -484,6 +485,14 @@ def _remove_outputs(output_dir: str, created: bool, keep_dead_letters: bool) -> 
             filesystem.remove(path)
 
 
+def _remove_user_partitions(output_dir: str) -> None:
+    """Removes the partition files of a disk grouping (``user_partitions.py``)."""
+    for name in filesystem.listdir(output_dir):
+        name = name.rstrip("/")
+        if name.startswith(user_partitions.TEMP_PREFIX):
+            filesystem.rmtree(os.path.join(output_dir, name))
+
+
 def _input_names(source: beam.PTransform) -> str:
     paths = getattr(source, "paths", None)
     if paths:
@@ -492,7 +501,8 @@ def _input_names(source: beam.PTransform) -> str:
 
 
 def _run_beam(source: beam.PTransform, output_dir: str, config: PreprocessConfig,
-              beam_args: Optional[Sequence[str]], pipeline: Optional[beam.Pipeline]) -> None:
+              beam_args: Optional[Sequence[str]], pipeline: Optional[beam.Pipeline],
+              user_grouping: str = "auto") -> None:
     """Builds and runs the pipeline; any failure comes out as one line.
 
     Raises:
@@ -505,7 +515,7 @@ def _run_beam(source: beam.PTransform, output_dir: str, config: PreprocessConfig
         pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or [])))
     try:
         with quiet_beam_errors(), pipeline as p:
-            build_pipeline(p, source, output_dir, config)
+            build_pipeline(p, source, output_dir, config, user_grouping)
     except (InputError, PreprocessingError) as e:
         raise type(e)(one_line(e)) from e
     except Exception as e:  # noqa: BLE001  (one clear line instead of a Beam traceback)
@@ -516,7 +526,8 @@ def _run_beam(source: beam.PTransform, output_dir: str, config: PreprocessConfig
 def run_preprocessing(source: beam.PTransform, output_dir: str,
                       config: PreprocessConfig = PreprocessConfig(),
                       beam_args: Optional[Sequence[str]] = None,
-                      pipeline: Optional[beam.Pipeline] = None) -> dict:
+                      pipeline: Optional[beam.Pipeline] = None,
+                      user_grouping: str = "auto") -> dict:
     """Runs the preprocessing and returns the stats (also written to ``stats.json``).
 
     Args:
@@ -526,6 +537,9 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
       beam_args: Beam pipeline options (runner and its flags) for a new pipeline.
       pipeline: an unstarted pipeline to use instead (e.g. the one a TFX component is given);
         it is run and waited for here.
+      user_grouping: how rows are grouped by user (:data:`USER_GROUPINGS`, ``build_pipeline``):
+        by default on disk for the DirectRunner, whose own grouping holds the whole log in
+        memory, and by the runner's shuffle otherwise.
 
     A run that fails or is refused leaves no partial output: no examples, vocabulary or
     ``beam-temp-*`` folders (and no directory at all when it created ``output_dir``), except
@@ -542,9 +556,12 @@ def run_preprocessing(source: beam.PTransform, output_dir: str,
     """
     started = time.time()
     created = not filesystem.exists(output_dir)
+    if user_grouping not in USER_GROUPINGS:
+        raise ValueError(f"user_grouping must be one of {USER_GROUPINGS}, not {user_grouping!r}")
     try:
         filesystem.makedirs(output_dir)
-        _run_beam(source, output_dir, config, beam_args, pipeline)
+        _run_beam(source, output_dir, config, beam_args, pipeline, user_grouping)
+        _remove_user_partitions(output_dir)
         stats = _collect_stats(source, output_dir, config, started)
     except BaseException:
         _remove_outputs(output_dir, created, keep_dead_letters=False)
