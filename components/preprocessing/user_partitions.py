@@ -18,11 +18,14 @@ two implementations:
 
   1. *Runs.* Each worker buffers up to ``rows_per_run`` rows of the ``(user, UserRowColumns)``
      stream and writes them as one run file, ordered by the user's *slot* (CRC-32 of the user id,
-     modulo :data:`SLOTS`), with the byte range and row count of every slot it holds.
-  2. *Partitions.* The slots' row counts over all runs are cut into contiguous slot ranges of at
-     most ``rows_per_partition`` rows (a range is never empty; a single slot above the bound
-     stands alone, and holds whole users only: one user's history is the floor). A partition is
-     its slots' byte ranges in every run.
+     modulo :data:`SLOTS`), ending with a table of where each slot's bytes start; Beam carries
+     the run's path and its rows per slot.
+  2. *Partitions.* The rows per slot, summed over all runs (one ``int64[SLOTS]``), are cut into
+     contiguous slot ranges of at most ``rows_per_partition`` rows (a range is never empty; a
+     single slot above the bound stands alone, and holds whole users only: one user's history
+     is the floor). A partition is a slot range; its reader finds the range's bytes in every run
+     from the run's table (two 8-byte reads), so what is held besides the rows is the list of
+     run paths.
   3. *Per-user steps.* A partition is read, its rows grouped by user and put in time order, and
      the sequences written to a partition file; each later step reads one partition file and
      writes the sequences it keeps to a new one, its other outputs (counts, examples) going on
@@ -138,31 +141,35 @@ def read_sequences(path: str) -> Iterator[Sequence_]:
 
 @dataclasses.dataclass(frozen=True)
 class RunFile:
-    """One run: ``path``; the slots it holds (ascending, ``[k]``), each slot's first byte
-    (``offsets[k + 1]``, the last entry the file's size) and row count (``rows[k]``)."""
+    """One run: ``path``, and the rows it holds in each of its slots (``slots[k]`` ascending,
+    ``rows[k]``). Where each slot's bytes lie is in the file itself (:func:`run_bytes`), so
+    that what Beam carries and sums stays small however many runs a log makes."""
 
     path: str
     slots: np.ndarray
-    offsets: np.ndarray
     rows: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
 class Partition:
-    """Slots ``[first_slot, end_slot)``: their bytes ``(path, start, end)`` in each run that has
-    any, and how many rows they hold."""
+    """Slots ``[first_slot, end_slot)``, holding ``rows`` rows over all runs."""
 
     first_slot: int
     end_slot: int
-    pieces: Tuple[Tuple[str, int, int], ...]
     rows: int
 
 
+_OFFSETS_BYTES = 8 * (SLOTS + 1)
+
+
 def write_run(directory: str, elements: Sequence[Tuple[object, UserRowColumns]]) -> RunFile:
-    """``(user, rows)`` elements -> one run file, ordered by slot, one frame per slot."""
+    """``(user, rows)`` elements -> one run file: a frame per slot held, in slot order, then
+    every slot's first byte (``int64[SLOTS + 1]`` little-endian, the last entry where the
+    frames end), so a reader finds a slot range's bytes with two small reads."""
     slotted = sorted(((slot_of(user), i) for i, (user, _) in enumerate(elements)))
     path = filesystem.join(directory, f"run-{uuid.uuid4().hex}.frames")
-    slots, offsets, rows = [], [0], []
+    slots, starts, rows = [], [], []
+    written = 0
     with filesystem.create_binary(path) as f:
         i = 0
         while i < len(slotted):
@@ -174,47 +181,80 @@ def write_run(directory: str, elements: Sequence[Tuple[object, UserRowColumns]])
             frame = _frame(members)
             f.write(frame)
             slots.append(slot)
-            offsets.append(offsets[-1] + len(frame))
+            starts.append(written)
             rows.append(sum(len(r) for _, r in members))
+            written += len(frame)
             i = j
-    return RunFile(path, np.asarray(slots, np.int64), np.asarray(offsets, np.int64),
-                   np.asarray(rows, np.int64))
+        # An empty slot starts where the next held one does (or where the frames end).
+        offsets = np.full(SLOTS + 1, written, np.int64)
+        offsets[slots] = starts
+        offsets = np.minimum.accumulate(offsets[::-1])[::-1]
+        f.write(offsets.astype("<i8").tobytes())
+    return RunFile(path, np.asarray(slots, np.int64), np.asarray(rows, np.int64))
 
 
-def plan_partitions(runs: Iterable[RunFile], rows_per_partition: int) -> List[Partition]:
-    """Cuts the slots of ``runs`` into contiguous ranges of at most ``rows_per_partition`` rows
-    (a slot holding more stands alone); empty ranges are left out."""
-    runs = list(runs)
-    per_slot = np.zeros(SLOTS, np.int64)
-    for run in runs:
-        np.add.at(per_slot, run.slots, run.rows)
-    bounds = []  # [first, end) slot ranges
+def run_bytes(path: str, first_slot: int, end_slot: int) -> Tuple[int, int]:
+    """The bytes ``[start, end)`` of slots ``[first_slot, end_slot)`` in the run ``path``."""
+    with filesystem.open_binary(path) as f:
+        f.seek(0, 2)
+        table = f.tell() - _OFFSETS_BYTES
+        if table < 0:
+            raise OSError(f"{path}: not a run file (shorter than its slot table)")
+        f.seek(table + 8 * first_slot)
+        (start,) = struct.unpack("<q", f.read(8))
+        f.seek(table + 8 * end_slot)
+        (end,) = struct.unpack("<q", f.read(8))
+    if not 0 <= start <= end <= table:
+        raise OSError(f"{path}: slot table out of range ({start}, {end}; frames end at {table})")
+    return start, end
+
+
+class _SlotRows(beam.CombineFn):
+    """:class:`RunFile` s -> rows per slot over all of them (``int64[SLOTS]``)."""
+
+    def create_accumulator(self):
+        return np.zeros(SLOTS, np.int64)
+
+    def add_input(self, counts, run):
+        np.add.at(counts, run.slots, run.rows)
+        return counts
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for counts in accumulators:
+            merged += counts
+        return merged
+
+    def extract_output(self, counts):
+        return counts
+
+
+def plan_partitions(slot_rows: np.ndarray, rows_per_partition: int) -> List[Partition]:
+    """Cuts the slots (``slot_rows``: rows per slot, ``[SLOTS]``) into contiguous ranges of at
+    most ``rows_per_partition`` rows (a slot holding more stands alone); empty ranges are left
+    out."""
+    partitions = []
     first, held = 0, 0
-    for slot in np.flatnonzero(per_slot).tolist():
-        n = int(per_slot[slot])
+    for slot in np.flatnonzero(slot_rows).tolist():
+        n = int(slot_rows[slot])
         if held and held + n > rows_per_partition:
-            bounds.append((first, slot))
+            partitions.append(Partition(first, slot, held))
             first, held = slot, 0
         held += n
     if held:
-        bounds.append((first, SLOTS))
-    partitions = []
-    for first, end in bounds:
-        pieces = []
-        for run in runs:
-            lo, hi = np.searchsorted(run.slots, [first, end])
-            if hi > lo:
-                pieces.append((run.path, int(run.offsets[lo]), int(run.offsets[hi])))
-        partitions.append(Partition(first, end, tuple(pieces),
-                                    int(per_slot[first:end].sum())))
+        partitions.append(Partition(first, SLOTS, held))
     return partitions
 
 
-def group_partition(partition: Partition) -> Iterator[Sequence_]:
-    """A partition's rows grouped by user, each user's ``(user, items, timestamps)`` in time
-    order (ties in input order), as ``transforms`` orders a runner-grouped user."""
+def group_partition(partition: Partition, run_paths: Iterable[str]) -> Iterator[Sequence_]:
+    """A partition's rows (read from every run in ``run_paths``) grouped by user, each user's
+    ``(user, items, timestamps)`` in time order (ties in input order), as ``transforms``
+    orders a runner-grouped user."""
     users: Dict[object, UserRowColumns] = {}
-    for path, start, end in partition.pieces:
+    for path in run_paths:
+        start, end = run_bytes(path, partition.first_slot, partition.end_slot)
+        if start == end:
+            continue
         for frame in read_frames(path, start, end):
             for user, rows in frame:
                 held = users.get(user)
@@ -260,9 +300,9 @@ class _GroupPartition(beam.DoFn):
     def __init__(self, directory: str):
         self._directory = directory
 
-    def process(self, partition: Partition):
+    def process(self, partition: Partition, run_paths: List[str]):
         writer = _SequenceWriter(self._directory, "grouped")
-        for sequence in group_partition(partition):
+        for sequence in group_partition(partition, run_paths):
             writer.write(sequence)
         yield writer.close()
 
@@ -438,12 +478,14 @@ class PartitionedUserSequences(UserSequences):
         default to :data:`ROWS_PER_RUN` and :data:`ROWS_PER_PARTITION`."""
         rows_per_run = rows_per_run or ROWS_PER_RUN
         rows_per_partition = rows_per_partition or ROWS_PER_PARTITION
-        paths = (user_rows
-                 | f"{label}WriteRuns" >> beam.ParDo(_WriteRuns(directory, rows_per_run))
-                 | f"{label}ListRuns" >> beam.combiners.ToList()
+        runs = user_rows | f"{label}WriteRuns" >> beam.ParDo(_WriteRuns(directory, rows_per_run))
+        run_paths = runs | f"{label}RunPaths" >> beam.Map(lambda run: run.path)
+        paths = (runs
+                 | f"{label}SlotRows" >> beam.CombineGlobally(_SlotRows())
                  | f"{label}PlanPartitions" >> beam.FlatMap(plan_partitions, rows_per_partition)
                  | f"{label}Spread" >> beam.Reshuffle()
-                 | label >> beam.ParDo(_GroupPartition(directory)))
+                 | label >> beam.ParDo(_GroupPartition(directory),
+                                       run_paths=beam.pvalue.AsList(run_paths)))
         return cls(paths, directory)
 
     def map_users(self, label, dofn, tags=(), **side_inputs):

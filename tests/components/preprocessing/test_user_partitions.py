@@ -51,11 +51,16 @@ def write_runs(tmp_path, elements, per_run):
             for i in range(0, len(elements), per_run)]
 
 
+def slot_rows(runs):
+    return up._SlotRows().merge_accumulators(  # noqa: SLF001
+        [up._SlotRows().add_input(up._SlotRows().create_accumulator(), r) for r in runs])  # noqa: SLF001
+
+
 @pytest.mark.parametrize("bound", [1, 25, 400, 10 ** 9])
 def test_partitions_cover_every_slot_once_within_the_bound(tmp_path, bound):
     elements = random_elements(0)
     runs = write_runs(tmp_path, elements, per_run=37)
-    partitions = up.plan_partitions(runs, bound)
+    partitions = up.plan_partitions(slot_rows(runs), bound)
     # Contiguous, disjoint slot ranges, in order.
     for before, after in zip(partitions, partitions[1:]):
         assert before.end_slot <= after.first_slot
@@ -71,11 +76,24 @@ def test_partitions_cover_every_slot_once_within_the_bound(tmp_path, bound):
         assert p.rows == sum(slots_in) > 0
         # Above the bound only when one slot alone holds more.
         assert p.rows <= bound or len(slots_in) == 1
-    # The pieces of all partitions are the runs' bytes, each byte once.
+    # The partitions' bytes in each run are the run's frames, each byte once.
     for run in runs:
-        pieces = sorted((s, e) for p in partitions for path, s, e in p.pieces if path == run.path)
-        assert pieces[0][0] == 0 and pieces[-1][1] == os.path.getsize(run.path)
+        pieces = [up.run_bytes(run.path, p.first_slot, p.end_slot) for p in partitions]
+        assert pieces[0][0] == 0
         assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+        assert pieces[-1][1] == os.path.getsize(run.path) - 8 * (up.SLOTS + 1)
+
+
+def test_a_run_finds_each_slots_bytes_from_its_table(tmp_path):
+    elements = random_elements(4, users=300, elements=400)
+    run = up.write_run(str(tmp_path), elements)
+    for slot in set(up.slot_of(u) for u, _ in elements):
+        start, end = up.run_bytes(run.path, slot, slot + 1)
+        (frame,) = up.read_frames(run.path, start, end)
+        assert {u for u, _ in frame} == {u for u, _ in elements if up.slot_of(u) == slot}
+    empty = next(s for s in range(up.SLOTS) if s not in set(run.slots.tolist()))
+    start, end = up.run_bytes(run.path, empty, empty + 1)
+    assert start == end
 
 
 @pytest.mark.parametrize("per_run,bound", [(1, 1), (37, 60), (1000, 10 ** 9)])
@@ -83,8 +101,8 @@ def test_grouping_gives_each_user_all_its_rows_in_time_order(tmp_path, per_run, 
     elements = random_elements(1)
     runs = write_runs(tmp_path, elements, per_run)
     seen = {}
-    for partition in up.plan_partitions(runs, bound):
-        for user, items, timestamps in up.group_partition(partition):
+    for partition in up.plan_partitions(slot_rows(runs), bound):
+        for user, items, timestamps in up.group_partition(partition, [r.path for r in runs]):
             assert user not in seen  # a user is whole in one partition
             seen[user] = (items, timestamps)
     assert seen == expected_sequences(elements)
@@ -102,12 +120,19 @@ def test_slots_are_stable_across_processes():
     assert up.slot_of(17) == up.slot_of("17")
 
 
-def test_a_truncated_partition_file_is_an_error_naming_it(tmp_path):
-    run = up.write_run(str(tmp_path), random_elements(2, elements=5))
-    with open(run.path, "r+b") as f:
-        f.truncate(os.path.getsize(run.path) - 3)
-    with pytest.raises(OSError, match=os.path.basename(run.path)):
-        list(up.read_frames(run.path))
+def test_damaged_files_are_errors_naming_them(tmp_path):
+    writer = up._SequenceWriter(str(tmp_path), "kept")  # noqa: SLF001
+    for user, rows in random_elements(2, elements=5):
+        writer.write((user, rows.items, None))
+    path = writer.close()
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 3)
+    with pytest.raises(OSError, match=os.path.basename(path)):
+        list(up.read_sequences(path))
+    short = tmp_path / "short.frames"
+    short.write_bytes(b"12345678")
+    with pytest.raises(OSError, match="short.frames: not a run file"):
+        up.run_bytes(str(short), 0, 1)
 
 
 def test_write_runs_holds_at_most_a_run_of_rows(tmp_path):
