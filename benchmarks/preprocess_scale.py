@@ -19,7 +19,7 @@ csv`` runs on it in a fresh process per mode:
 The one large file is read in byte-range blocks (``file_blocks.BLOCK_BYTES``, 64 MiB), so every
 mode can parse it on both cores. Recorded per run: wall seconds, rows per second, CPU seconds
 of the whole process tree, peak RSS of the whole process tree (the sum over the process and all
-its descendants, sampled every 0.25 s), the load average while it ran, and the stats'
+its descendants, sampled every 0.25 s) and of each of its processes, the load average while it ran, and the stats'
 counts. Results go to ``benchmarks/results/preprocess_scale.json`` (merged with earlier runs of
 other cases) and a Markdown table is printed, with the issue's targets checked: 6.5M rows in at
 most 50 s wall on an idle 2-core machine, and at most 4 GB peak at 20M rows.
@@ -57,22 +57,38 @@ TARGET_WALL_6_5M = 50.0
 TARGET_PEAK_20M_GB = 4.0
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident bytes of ``process`` and all its descendants."""
+def tree_rss(process: psutil.Process, peaks: Dict[str, int] = None) -> int:
+    """Resident bytes of ``process`` and all its descendants; with ``peaks``, each process's
+    highest so far is kept there under a name saying what it is (the command itself, or a Beam
+    or Dask worker with its pid)."""
     total = 0
     for p in [process] + process.children(recursive=True):
         try:
-            total += p.memory_info().rss
+            rss = p.memory_info().rss
+            if peaks is not None:
+                name = _process_name(p, process)
+                peaks[name] = max(peaks.get(name, 0), rss)
         except psutil.Error:
-            pass
+            continue
+        total += rss
     return total
 
 
-def run_sampled(command: List[str], log_path: str
+def _process_name(p: psutil.Process, root: psutil.Process) -> str:
+    if p.pid == root.pid:
+        return "command"
+    line = " ".join(p.cmdline())
+    for marker, name in (("sdk_worker_main", "beam worker"), ("distributed", "dask process")):
+        if marker in line and "/bin/sh" not in line:
+            return f"{name} {p.pid}"
+    return f"other {p.pid}"
+
+
+def run_sampled(command: List[str], log_path: str, peaks: Dict[str, int] = None
                 ) -> Tuple[int, List[Tuple[float, int]], List[float]]:
     """Runs ``command`` (output to ``log_path``), sampling every 0.25 s the resident bytes of
-    its whole process tree and the load average; returns ``(exit code, [(unix time, rss)],
-    [load])``."""
+    its whole process tree (each process's peak into ``peaks`` when given) and the load
+    average; returns ``(exit code, [(unix time, rss)], [load])``."""
     samples: List[Tuple[float, int]] = []
     loads: List[float] = []
     done = threading.Event()
@@ -82,7 +98,7 @@ def run_sampled(command: List[str], log_path: str
 
         def sample():
             while not done.is_set():
-                samples.append((time.time(), tree_rss(handle)))
+                samples.append((time.time(), tree_rss(handle, peaks)))
                 loads.append(os.getloadavg()[0])
                 done.wait(0.25)
 
@@ -98,13 +114,16 @@ def run_measured(command: List[str], log_path: str) -> Dict[str, float]:
     """Runs ``command``; returns wall, CPU of the tree, peak tree RSS, mean load average."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    code, samples, loads = run_sampled(command, log_path)
+    peaks: Dict[str, int] = {}
+    code, samples, loads = run_sampled(command, log_path, peaks)
     wall = time.perf_counter() - start
     peak = max((rss for _, rss in samples), default=0)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"exit_code": code, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
             "peak_rss_gb": round(peak / 1e9, 2),
+            "peak_rss_gb_per_process": {name: round(rss / 1e9, 3) for name, rss in
+                                        sorted(peaks.items()) if rss > 50e6},
             "load_average_mean": round(sum(loads) / max(1, len(loads)), 2)}
 
 
