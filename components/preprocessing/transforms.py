@@ -18,6 +18,9 @@ Output directory layout (the ``Split-*`` folders are what a TFX ``Examples`` art
     dead_letter/dead_letter.jsonl         rejected records: file, line, field, reason, raw,
                                           code (a reason name of ``contract.REASONS``)
     stats.json                            counts (they add up), config, elapsed time
+
+While it runs, a grouping on disk (``user_partitions.py``, the DirectRunner's default) keeps its
+partition files in ``beam-temp-user-partitions-*``, removed when the run ends.
 """
 
 from __future__ import annotations
