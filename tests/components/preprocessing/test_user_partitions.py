@@ -4,9 +4,11 @@ writes; the files go away."""
 
 import dataclasses
 import glob
+import gzip
 import json
 import os
 import random
+import struct
 import subprocess
 import sys
 
@@ -222,3 +224,50 @@ def test_disk_grouping_leaves_no_files_when_the_run_is_refused(tmp_path):
     with pytest.raises(PreprocessingError):
         run_preprocessing(readers.CsvLog(str(log)), str(out), CONFIG, user_grouping="disk")
     assert not [n for n in os.listdir(out) if n.startswith("beam-temp")]
+
+
+# ------------------------------------------------------------------------------------------------
+# On an object store (the branches of filesystem.py and the partition files that gs:// or s3://
+# would take), in memory: tests/components/preprocessing/object_store.py.
+
+
+def tfrecords(data: bytes):
+    """The records of a gzipped TFRecord file's bytes (framing: length, crc, data, crc)."""
+    data, out, position = gzip.decompress(data), [], 0
+    while position < len(data):
+        (length,) = struct.unpack_from("<Q", data, position)
+        out.append(data[position + 12:position + 12 + length])
+        position += 12 + length + 4
+    return out
+
+
+def test_disk_grouping_on_an_object_store_writes_what_it_writes_locally(tmp_path, monkeypatch):
+    from tests.components.preprocessing import object_store  # registers mem://
+
+    monkeypatch.setattr(up, "ROWS_PER_RUN", 40)
+    monkeypatch.setattr(up, "ROWS_PER_PARTITION", 90)
+    object_store.clear()
+    log = write_log(tmp_path / "log.csv")
+    with open(log, "rb") as f:
+        object_store.put("mem://bucket/logs/log.csv", f.read())
+    local = str(tmp_path / "local")
+    local_stats = run_preprocessing(readers.CsvLog(log), local, CONFIG, user_grouping="disk")
+    remote_stats = run_preprocessing(readers.CsvLog("mem://bucket/logs/log.csv"),
+                                     "mem://bucket/out", CONFIG, user_grouping="disk")
+    for stats in (local_stats, remote_stats):
+        stats.pop("elapsed_seconds")
+        stats.pop("source", None)
+    assert remote_stats == local_stats
+
+    stored = object_store.objects()
+    written = {k[len("mem://bucket/out/"):]: v for k, v in stored.items()
+               if k.startswith("mem://bucket/out/")}
+    # Only the outputs are left: no partition files, no Beam temporaries, no counters.json.
+    assert not [k for k in written if "beam-temp" in k or k == "counters.json"]
+    local_records, _, local_vocabulary = output_records(local)
+    for split, records in local_records.items():
+        remote = sorted(r for k, v in written.items() if k.startswith(split + "/")
+                        for r in tfrecords(v))
+        assert remote == records, split
+    assert written["item_vocabulary.tsv"].decode() == local_vocabulary
+    object_store.clear()
