@@ -127,14 +127,18 @@ def run_measured(command: List[str], log_path: str) -> Dict[str, float]:
             "load_average_mean": round(sum(loads) / max(1, len(loads)), 2)}
 
 
-def ensure_log(rows: int, data_dir: str) -> str:
+def ensure_log(rows: int, data_dir: str, follow_probability: float = 0.0) -> str:
+    """The synthetic log of ``rows`` clicks in ``data_dir``, written when missing;
+    ``follow_probability`` > 0 gives it a sequential signal (``kuairand_synthetic``)."""
     from components.preprocessing import kuairand_synthetic
 
-    path = os.path.join(data_dir, f"kuairand_{rows}.csv")
+    name = f"kuairand_{rows}" + (f"_follow{follow_probability:g}" if follow_probability else "")
+    path = os.path.join(data_dir, f"{name}.csv")
     if not os.path.exists(path):
         os.makedirs(data_dir, exist_ok=True)
         tmp = path + ".part"
-        kuairand_synthetic.write_csv(kuairand_synthetic.KuaiRandShape(rows=rows), tmp)
+        kuairand_synthetic.write_csv(kuairand_synthetic.KuaiRandShape(
+            rows=rows, follow_probability=follow_probability), tmp)
         os.replace(tmp, path)
     return path
 

@@ -11,6 +11,14 @@ content:
   to ``rows`` exactly.
 - **Items.** ``num_items`` videos (108,025) with Zipf popularity (``zipf_exponent`` 1.0) over a
   seeded random order of the ids, so an id says nothing about popularity.
+- **Sequence** (``follow_probability``, 0 by default). Each video has ``successors`` (8) videos
+  drawn once from the popularity law; within a session, a click follows the previous one with
+  probability ``follow_probability`` (a uniform pick among the previous video's successors) and
+  is drawn from popularity otherwise. With 0 every click is an independent popularity draw, so no
+  model can beat popularity on the log (the whole-pipeline quality figure is then popularity's);
+  with, say, 0.5, the next click is half the time one of 8 videos the last one determines, which a
+  sequence model can learn: the pipeline's quality becomes a model check. The logs of the
+  recorded preprocessing benchmarks use 0 (their bytes are unchanged by the option).
 - **Time.** Clicks come in sessions: a session has a geometric number of clicks (mean
   ``mean_session_clicks``), clicks 5 s to 3 min apart, and sessions start 30 min to 2 days after
   the previous one ended; users start at a random moment of the first week. Timestamps are
@@ -55,6 +63,9 @@ class KuaiRandShape:
       history_sigma: sigma of the log-normal history lengths.
       min_history: the shortest history.
       mean_session_clicks: mean clicks per session (geometric).
+      follow_probability: probability that a click within a session is one of the previous
+        click's successors instead of a popularity draw (0: clicks are independent).
+      successors: successors per video.
       seed: the only source of randomness.
     """
 
@@ -65,6 +76,8 @@ class KuaiRandShape:
     history_sigma: float = 1.0
     min_history: int = 5
     mean_session_clicks: float = 12.0
+    follow_probability: float = 0.0
+    successors: int = 8
     seed: int = 0
 
     def __post_init__(self):
@@ -75,6 +88,8 @@ class KuaiRandShape:
                              f"{self.rows} rows")
         if self.mean_session_clicks < 1:
             raise ValueError("mean_session_clicks must be >= 1")
+        if not 0.0 <= self.follow_probability <= 1.0 or self.successors < 1:
+            raise ValueError("follow_probability must be in [0, 1] and successors >= 1")
 
     @property
     def users(self) -> int:
@@ -107,10 +122,22 @@ def popularity(shape: KuaiRandShape) -> Tuple[np.ndarray, np.ndarray]:
     return cdf, rng.permutation(shape.num_items) + 1
 
 
+def successor_table(shape: KuaiRandShape, cdf: np.ndarray,
+                    item_of_rank: np.ndarray) -> np.ndarray:
+    """``[num_items + 1, successors]`` int64: row ``i`` the successors of item id ``i`` (row 0
+    unused), drawn from the popularity law."""
+    rng = np.random.default_rng([shape.seed, 3])
+    draws = rng.random((shape.num_items + 1, shape.successors))
+    ranks = np.minimum(np.searchsorted(cdf, draws), shape.num_items - 1)
+    return item_of_rank[ranks]
+
+
 def user_clicks(user_index: int, length: int, cdf: np.ndarray, item_of_rank: np.ndarray,
-                shape: KuaiRandShape) -> Tuple[np.ndarray, np.ndarray]:
+                shape: KuaiRandShape, successors: np.ndarray = None
+                ) -> Tuple[np.ndarray, np.ndarray]:
     """``(items [length], timestamps [length])`` of one user, in time order; depends only on
-    ``(shape, user_index, length)``."""
+    ``(shape, user_index, length)``. ``successors`` (:func:`successor_table`) is needed when
+    ``shape.follow_probability`` > 0."""
     rng = np.random.default_rng([shape.seed, 2, user_index])
     ranks = np.minimum(np.searchsorted(cdf, rng.random(length)), shape.num_items - 1)
     items = item_of_rank[ranks]
@@ -120,6 +147,15 @@ def user_clicks(user_index: int, length: int, cdf: np.ndarray, item_of_rank: np.
     gaps = np.where(new_session, rng.integers(1800, 2 * 86400, length),
                     rng.integers(5, 180, length))
     gaps[0] = rng.integers(0, 7 * 86400)
+    if shape.follow_probability > 0:
+        # Drawn after everything above, so that 0 writes the bytes it always wrote.
+        follow = rng.random(length) < shape.follow_probability
+        follow &= ~new_session
+        follow[0] = False
+        pick = rng.integers(0, shape.successors, length)
+        items = items.copy()
+        for t in np.flatnonzero(follow).tolist():  # each click depends on the one before
+            items[t] = successors[items[t - 1], pick[t]]
     return items, START_TIMESTAMP + np.cumsum(gaps)
 
 
@@ -127,8 +163,10 @@ def generate(shape: KuaiRandShape) -> Iterator[Tuple[str, np.ndarray, np.ndarray
     """``(user id, items, timestamps)`` per user, users in order (user ids ``"1"``...)."""
     lengths = history_lengths(shape)
     cdf, item_of_rank = popularity(shape)
+    successors = (successor_table(shape, cdf, item_of_rank) if shape.follow_probability > 0
+                  else None)
     for index, length in enumerate(lengths):
-        items, timestamps = user_clicks(index, int(length), cdf, item_of_rank, shape)
+        items, timestamps = user_clicks(index, int(length), cdf, item_of_rank, shape, successors)
         yield str(index + 1), items, timestamps
 
 
@@ -154,12 +192,16 @@ def main(argv=None) -> int:
                         help="users (0: KuaiRand-27K's users scaled with --rows)")
     parser.add_argument("--items", type=int, default=KUAIRAND_27K_ITEMS, help="videos")
     parser.add_argument("--zipf-exponent", type=float, default=1.0, help="popularity skew")
+    parser.add_argument("--follow-probability", type=float, default=0.0,
+                        help="probability that a click within a session is one of the previous "
+                             "video's successors (0: independent popularity draws)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, help="CSV path (.gz to gzip)")
     args = parser.parse_args(argv)
     try:
         shape = KuaiRandShape(rows=args.rows, num_users=args.users, num_items=args.items,
-                              zipf_exponent=args.zipf_exponent, seed=args.seed)
+                              zipf_exponent=args.zipf_exponent,
+                              follow_probability=args.follow_probability, seed=args.seed)
     except ValueError as e:
         print(f"kuairand_synthetic: error: {e}", file=sys.stderr)
         return 2

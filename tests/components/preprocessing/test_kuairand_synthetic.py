@@ -63,3 +63,24 @@ def test_the_csv_source_reads_it(tmp_path):
     stats = run_preprocessing(readers.CsvLog(path), str(tmp_path / "out"), PreprocessConfig())
     assert stats["interactions_read"] == 5_000 and stats["rejected"] == 0
     assert stats["accounted"] == 5_000 and stats["examples"]["test"] > 0
+
+
+def test_follow_probability_makes_the_next_click_predictable_and_keeps_the_rest():
+    plain = ks.KuaiRandShape(rows=40_000, num_items=5_000, seed=3)
+    follow = ks.KuaiRandShape(rows=40_000, num_items=5_000, seed=3, follow_probability=0.5)
+    cdf, item_of_rank = ks.popularity(follow)
+    successors = ks.successor_table(follow, cdf, item_of_rank)
+    hits, pairs = {0.0: 0, 0.5: 0}, {0.0: 0, 0.5: 0}
+    for (u0, items0, times0), (u1, items1, times1) in zip(ks.generate(plain), ks.generate(follow)):
+        # Same users, lengths and times: the option moves items only.
+        assert u0 == u1 and np.array_equal(times0, times1)
+        within = np.diff(times0) < 1800  # consecutive clicks of one session
+        for p, items in ((0.0, items0), (0.5, items1)):
+            follows = (successors[items[:-1]] == items[1:, None]).any(axis=1)
+            hits[p] += int(follows[within].sum())
+            pairs[p] += int(within.sum())
+    # Without the option a click is a successor by chance only (popular videos are everyone's
+    # successors); with 0.5, half the clicks follow and the other half by chance.
+    chance = hits[0.0] / pairs[0.0]
+    assert chance < 0.2
+    assert abs(hits[0.5] / pairs[0.5] - (0.5 + 0.5 * chance)) < 0.03
