@@ -69,7 +69,7 @@ SEQUENCES_PER_FRAME = 2_048
 
 TEMP_PREFIX = "beam-temp-user-partitions-"
 
-Sequence_ = Tuple[object, List[str], Optional[List[int]]]  # (user, items, timestamps or None)
+UserSequence = Tuple[object, List[str], Optional[List[int]]]  # (user, items, timestamps or None)
 
 
 def slot_of(user) -> int:
@@ -111,9 +111,9 @@ class _SequenceWriter:
     def __init__(self, directory: str, stage: str):
         self.path = filesystem.join(directory, f"{stage}-{uuid.uuid4().hex}.frames")
         self._file = filesystem.create_binary(self.path)
-        self._pending: List[Sequence_] = []
+        self._pending: List[UserSequence] = []
 
-    def write(self, sequence: Sequence_) -> None:
+    def write(self, sequence: UserSequence) -> None:
         self._pending.append(sequence)
         if len(self._pending) >= SEQUENCES_PER_FRAME:
             self._flush()
@@ -129,7 +129,7 @@ class _SequenceWriter:
         return self.path
 
 
-def read_sequences(path: str) -> Iterator[Sequence_]:
+def read_sequences(path: str) -> Iterator[UserSequence]:
     """The sequences of a partition file, in the order they were written."""
     for frame in read_frames(path):
         yield from frame
@@ -246,7 +246,7 @@ def plan_partitions(slot_rows: np.ndarray, rows_per_partition: int) -> List[Part
     return partitions
 
 
-def group_partition(partition: Partition, run_paths: Iterable[str]) -> Iterator[Sequence_]:
+def group_partition(partition: Partition, run_paths: Iterable[str]) -> Iterator[UserSequence]:
     """A partition's rows (read from every run in ``run_paths``) grouped by user, each user's
     ``(user, items, timestamps)`` in time order (ties in input order), as ``transforms``
     orders a runner-grouped user."""
@@ -341,7 +341,7 @@ class _FlatMapPartition(beam.DoFn):
             for sequence in read_sequences(path):
                 yield from self._dofn.process(sequence, **side_inputs) or ()
             return
-        batch: List[Sequence_] = []
+        batch: List[UserSequence] = []
         for sequence in read_sequences(path):
             batch.append(sequence)
             if len(batch) == self._batch_size:
