@@ -12,6 +12,15 @@ sampling only, not training noise: compare runs of several seeds (``--seed``, ``
 see that. ``--seen-excluded`` compares the ranks with each user's seen items dropped from the
 ranking (``test_ranks_seen_excluded``, recorded by runs on the sequence layout).
 ``--users 1-2999`` compares on the users whose numeric id lies in that range only.
+
+Several seeds a side: ``RESULTS_A`` (and ``RESULTS_B``) may list files separated by commas and
+``--seed`` (``--seed-b``) seeds separated by commas, paired in order (a single file or seed
+serves every run of its side). Each user's metric is then the mean over that side's runs, and the
+interval is the paired bootstrap over users of the seed-averaged difference: the comparison of
+two configurations over their training seeds, each run on the same test users::
+
+    python benchmarks/compare.py T2DIFF.json "T2Diff" \
+        SASREC_SEED0.json,SASREC_SEED1.json,SASREC_SEED2.json "SASRec" --seed 0 --seed-b 0,1,2
 """
 
 from __future__ import annotations
@@ -56,25 +65,36 @@ def aligned_ranks(a: dict, b: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]
     """Both runs' ranks on the users they share, in one order: ``(ranks_a, ranks_b, users)``.
     Users with several test examples (the paper's windows are one per user) are compared in the
     order each run listed them."""
+    ranks, users = seed_aligned_ranks([a], [b])
+    return ranks[0], ranks[1], users
+
+
+def seed_aligned_ranks(runs_a: List[dict], runs_b: List[dict]
+                       ) -> Tuple[List[np.ndarray], np.ndarray]:
+    """Every run's ranks on the users all of them share, in one order: ``([ranks of each run
+    of A, then of B], users)``. A user's several test examples are taken in the order each run
+    listed them, and must be as many in every run."""
     def by_user(run) -> Dict[str, List[int]]:
         out: Dict[str, List[int]] = {}
         for user, rank in zip(run["test_users"], run["test_ranks"]):
             out.setdefault(user, []).append(rank)
         return out
 
-    ranks_a, ranks_b = by_user(a), by_user(b)
-    shared = sorted(set(ranks_a) & set(ranks_b))
+    runs = [by_user(run) for run in runs_a + runs_b]
+    shared = sorted(set.intersection(*(set(r) for r in runs)))
     if not shared:
-        raise SystemExit("the two runs share no test users: different splits")
-    rows_a, rows_b, users = [], [], []
+        raise SystemExit("the runs share no test users: different splits")
+    rows: List[List[int]] = [[] for _ in runs]
+    users: List[str] = []
     for user in shared:
-        if len(ranks_a[user]) != len(ranks_b[user]):
-            raise SystemExit(f"user {user} has {len(ranks_a[user])} vs {len(ranks_b[user])} "
+        counts = {len(r[user]) for r in runs}
+        if len(counts) != 1:
+            raise SystemExit(f"user {user} has {' vs '.join(str(len(r[user])) for r in runs)} "
                              "test examples: different splits")
-        rows_a += ranks_a[user]
-        rows_b += ranks_b[user]
-        users += [user] * len(ranks_a[user])
-    return np.array(rows_a), np.array(rows_b), np.array(users)
+        for row, r in zip(rows, runs):
+            row += r[user]
+        users += [user] * len(runs[0][user])
+    return [np.array(row) for row in rows], np.array(users)
 
 
 def user_range(text: str) -> Tuple[int, int]:
@@ -89,24 +109,44 @@ def user_range(text: str) -> Tuple[int, int]:
     return bounds
 
 
-def compare(a: dict, b: dict, num_resamples: int = 1000, seed: int = 0,
+def compare(a, b, num_resamples: int = 1000, seed: int = 0,
             users_in: Optional[Tuple[int, int]] = None) -> Dict[str, dict]:
-    ranks_a, ranks_b, users = aligned_ranks(a, b)
+    """``A - B`` per metric with its paired interval; ``a`` and ``b`` are a run or a list of
+    runs (seeds), whose per-user metrics are averaged."""
+    runs_a = a if isinstance(a, list) else [a]
+    runs_b = b if isinstance(b, list) else [b]
+    ranks, users = seed_aligned_ranks(runs_a, runs_b)
     if users_in is not None:
         keep = np.array([u.isdigit() and users_in[0] <= int(u) <= users_in[1] for u in users],
                         bool)
         if not keep.any():
             raise SystemExit(f"no shared test user has an id in {users_in[0]}-{users_in[1]}")
-        ranks_a, ranks_b, users = ranks_a[keep], ranks_b[keep], users[keep]
-    per_a, per_b = ranking_metrics(ranks_a, (10, 20)), ranking_metrics(ranks_b, (10, 20))
+        ranks, users = [r[keep] for r in ranks], users[keep]
+    per_run = [ranking_metrics(r, (10, 20)) for r in ranks]
+    per_a = {name: np.mean([m[name] for m in per_run[:len(runs_a)]], axis=0) for name in METRICS}
+    per_b = {name: np.mean([m[name] for m in per_run[len(runs_a):]], axis=0) for name in METRICS}
     out = {}
     for name in METRICS:
         difference, low, high = paired_difference(per_a[name], per_b[name], users,
                                                   num_resamples, seed=seed)
         out[name] = {"a": float(per_a[name].mean()), "b": float(per_b[name].mean()),
-                     "difference": difference, "interval": [low, high]}
+                     "difference": difference, "interval": [low, high],
+                     "a_per_seed": [float(m[name].mean()) for m in per_run[:len(runs_a)]],
+                     "b_per_seed": [float(m[name].mean()) for m in per_run[len(runs_a):]]}
     out["num_examples"] = int(len(users))
+    out["num_runs"] = [len(runs_a), len(runs_b)]
     return out
+
+
+def _runs(paths: str, label: str, protocol: Optional[str], seeds: str, ranks: str) -> List[dict]:
+    """The runs of one side: comma-separated files and seeds, paired in order (one serves all)."""
+    files = paths.split(",")
+    numbers = [int(s) for s in seeds.split(",")]
+    if len(files) > 1 and len(numbers) > 1 and len(files) != len(numbers):
+        raise SystemExit(f"{len(files)} files but {len(numbers)} seeds: pair them one to one")
+    count = max(len(files), len(numbers))
+    files, numbers = files * (count // len(files)), numbers * (count // len(numbers))
+    return [find_run(f, label, protocol, n, ranks) for f, n in zip(files, numbers)]
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
@@ -116,9 +156,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
     parser.add_argument("results_b")
     parser.add_argument("label_b")
     parser.add_argument("--protocol", default=None)
-    parser.add_argument("--seed", type=int, default=0, help="the runs' training seed")
-    parser.add_argument("--seed-b", type=int, default=None,
-                        help="run B's training seed, when it differs from A's (--seed)")
+    parser.add_argument("--seed", default="0",
+                        help="the runs' training seed (comma-separated: several, averaged)")
+    parser.add_argument("--seed-b", default=None,
+                        help="run B's training seed(s), when they differ from A's (--seed)")
     parser.add_argument("--num-resamples", type=int, default=1000)
     parser.add_argument("--seen-excluded", action="store_true",
                         help="compare the rankings with each user's seen items excluded")
@@ -126,20 +167,25 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
                         help="only the users whose numeric id is in this range")
     args = parser.parse_args(argv)
     ranks = "test_ranks_seen_excluded" if args.seen_excluded else "test_ranks"
-    a = find_run(args.results_a, args.label_a, args.protocol, args.seed, ranks)
-    b = find_run(args.results_b, args.label_b, args.protocol,
-                 args.seed if args.seed_b is None else args.seed_b, ranks)
+    a = _runs(args.results_a, args.label_a, args.protocol, args.seed, ranks)
+    b = _runs(args.results_b, args.label_b, args.protocol,
+              args.seed if args.seed_b is None else args.seed_b, ranks)
     result = compare(a, b, args.num_resamples, users_in=args.users)
+    seeds = ("" if result["num_runs"] == [1, 1] else
+             f"; per-user metrics averaged over {result['num_runs'][0]} and "
+             f"{result['num_runs'][1]} runs")
     print(f"A = {args.label_a} ({args.results_a}), B = {args.label_b} ({args.results_b}), "
           f"{result['num_examples']} shared test examples; paired 95% bootstrap over users"
+          + seeds
           + ("; seen items excluded" if args.seen_excluded else "; seen items ranked")
           + (f"; users {args.users[0]}-{args.users[1]}" if args.users else ""))
-    print("| metric | A | B | A - B [95% CI] |\n|---|---|---|---|")
+    print("| metric | A | B | A - B [95% CI] | A per run | B per run |\n|---|---|---|---|---|---|")
     for name in METRICS:
         r = result[name]
         low, high = r["interval"]
         print(f"| {name} | {r['a']:.4f} | {r['b']:.4f} | {r['difference']:+.4f} "
-              f"[{low:+.4f}, {high:+.4f}] |")
+              f"[{low:+.4f}, {high:+.4f}] | {', '.join(f'{v:.4f}' for v in r['a_per_seed'])} | "
+              f"{', '.join(f'{v:.4f}' for v in r['b_per_seed'])} |")
     return result
 
 

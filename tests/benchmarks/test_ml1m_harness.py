@@ -129,6 +129,33 @@ def test_paired_comparison_of_two_runs(results_path, tmp_path, capsys):
         compare.main([path, "T2Diff, T = 10", results_path, "T2Diff, T = 10"])
 
 
+def test_paired_comparison_averages_several_seeds_per_user(results_path, tmp_path):
+    compare = load_script("compare")
+    with open(results_path) as f:
+        two_tower, t2diff, _ = json.load(f)["protocols"]["leave_one_out"]["results"]
+    # Seed 1 ranks every target first: each user's seed-averaged recall is the mean of the two.
+    perfect = str(tmp_path / "perfect.json")
+    with open(perfect, "w") as f:
+        json.dump({"protocols": {"leave_one_out": {"results": [
+            dict(t2diff, seed=1, test_ranks=[0] * len(t2diff["test_ranks"]))]}}}, f)
+    result = compare.main([f"{results_path},{perfect}", "T2Diff, T = 10", results_path,
+                           "Two-tower (mean pool)", "--seed", "0,1", "--seed-b", "0"])
+    assert result["num_runs"] == [2, 1]
+    for name in ("recall@10", "recall@20"):
+        r = result[name]
+        assert r["a_per_seed"] == pytest.approx([t2diff["metrics"][name], 1.0])
+        assert r["a"] == pytest.approx((t2diff["metrics"][name] + 1.0) / 2)
+        assert r["difference"] == pytest.approx(r["a"] - two_tower["metrics"][name])
+    # One file and one seed on each side give what a plain comparison gives.
+    plain = compare.main([results_path, "T2Diff, T = 10", results_path, "Two-tower (mean pool)"])
+    twice = compare.main([f"{results_path},{results_path}", "T2Diff, T = 10", results_path,
+                          "Two-tower (mean pool)", "--seed", "0"])
+    assert twice["recall@20"]["interval"] == plain["recall@20"]["interval"]
+    with pytest.raises(SystemExit, match="pair them one to one"):
+        compare.main([f"{results_path},{perfect}", "T2Diff, T = 10", results_path,
+                      "T2Diff, T = 10", "--seed", "0,1,2"])
+
+
 def test_paired_comparison_with_seen_items_excluded(results_path):
     compare = load_script("compare")
     with open(results_path) as f:
