@@ -61,14 +61,6 @@ def find_run(path: str, label: str, protocol: Optional[str] = None, seed: int = 
     return dict(run, test_ranks=run[ranks])
 
 
-def aligned_ranks(a: dict, b: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Both runs' ranks on the users they share, in one order: ``(ranks_a, ranks_b, users)``.
-    Users with several test examples (the paper's windows are one per user) are compared in the
-    order each run listed them."""
-    ranks, users = seed_aligned_ranks([a], [b])
-    return ranks[0], ranks[1], users
-
-
 def seed_aligned_ranks(runs_a: List[dict], runs_b: List[dict]
                        ) -> Tuple[List[np.ndarray], np.ndarray]:
     """Every run's ranks on the users all of them share, in one order: ``([ranks of each run
