@@ -21,7 +21,8 @@ validation NDCG@10 with seen items excluded (patience 10), as ``benchmarks/ml1m.
         --grid baseline,dropout0.2 --seeds 0,1 --parallel 8
 
 Each finished run appends one JSON line to ``--output``; a run's line also carries its
-validation curve (epoch, seconds, Recall@10, NDCG@10).
+validation curve (epoch, seconds, Recall@10, NDCG@10). ``--output FILE --summarize`` prints a
+results file as a markdown table (means over the seeds that converged).
 """
 
 from __future__ import annotations
@@ -305,10 +306,55 @@ def run(name: str, recipe: Recipe, seed: int, data: str, deadline: float) -> Dic
             "train_seconds": round(train_seconds, 1)}
 
 
+def summarize(path: str) -> str:
+    """A markdown table of a results file: one row per recipe, its seeds' validation (seen items
+    excluded, the selection metric's evaluation) and test figures at the selected epoch.
+
+    A run cut by the deadline has not converged; it is left out of the means (a recipe with cut
+    runs only shows its longest run in parentheses). Where
+    a recipe and seed ran twice, the run with more epochs is kept."""
+    runs: Dict[Tuple[str, int], Dict] = {}
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            key = (r["name"], r["seed"])
+            if key not in runs or r["epochs_run"] > runs[key]["epochs_run"]:
+                runs[key] = r
+    lines = ["| recipe | seeds (best epoch) | validation R@10 / NDCG@10, seen excl. | "
+             "test R@10 / NDCG@10, seen excl. | test R@10 / NDCG@10, seen ranked |",
+             "|---|---|---|---|---|"]
+
+    def pair(rows, split, evaluation):
+        if not rows:
+            return "-"
+        recall = np.mean([r[split][f"recall@10_{evaluation}"] for r in rows])
+        ndcg = np.mean([r[split][f"ndcg@10_{evaluation}"] for r in rows])
+        return f"{recall:.4f} / {ndcg:.4f}"
+
+    for name in sorted({n for n, _ in runs}, key=lambda n: (n != "baseline", n)):
+        rows = [runs[k] for k in sorted(runs) if k[0] == name]
+        done = [r for r in rows if r["stopped"] != "deadline"]
+        seeds = ", ".join(f"{r['seed']} ({r['best_epoch']}"
+                          + (", cut by the deadline)" if r["stopped"] == "deadline" else ")")
+                          for r in rows)
+        if done:
+            cells = [pair(done, "validation", "excluded"), pair(done, "test", "excluded"),
+                     pair(done, "test", "ranked")]
+        else:  # only cut runs: their longest one, marked
+            longest = [max(rows, key=lambda r: r["epochs_run"])]
+            cells = [f"({pair(longest, split, evaluation)}, seed {longest[0]['seed']} cut)"
+                     for split, evaluation in [("validation", "excluded"), ("test", "excluded"),
+                                               ("test", "ranked")]]
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="ML-1M sequences.txt.gz")
+    parser.add_argument("--data", help="ML-1M sequences.txt.gz")
     parser.add_argument("--output", required=True, help="JSON lines, one per finished run")
+    parser.add_argument("--summarize", action="store_true",
+                        help="print --output's runs as a markdown table and exit (no PyTorch)")
     parser.add_argument("--grid", default="baseline", help=f"comma list of {sorted(GRID)}")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (processes)")
@@ -317,6 +363,11 @@ def main(argv=None):
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # name:seed, a worker
     args = parser.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.output))
+        return
+    if not args.data:
+        parser.error("--data is required to train")
     deadline = time.time() + args.deadline_seconds
     if args.one:
         name, seed = args.one.rsplit(":", 1)
