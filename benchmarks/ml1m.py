@@ -267,7 +267,8 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
     if TRAIN_SEQUENCES in data and build().trains_on_sequences:
         layout = "sequences"
         train = sequence_arrays_dataset(data[TRAIN_SEQUENCES], train_config.batch_size,
-                                        train_config.shuffle_buffer, seed)
+                                        train_config.shuffle_buffer, seed,
+                                        num_buckets=train_config.length_buckets)
     elif TRAIN_SEQUENCES in data:
         # A per-target model: one window per chunk position, built as the preprocessing
         # built its windows (shape and session rule).

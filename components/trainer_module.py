@@ -127,7 +127,8 @@ def run_fn(fn_args) -> None:
     if written.sequences is not None and build().trains_on_sequences:
         layout = SEQUENCES
         train = read_sequences(chunks, written.sequences, train_config.batch_size,
-                               train_config.shuffle_buffer, train_config.seed)
+                               train_config.shuffle_buffer, train_config.seed,
+                               num_buckets=train_config.length_buckets)
     elif written.sequences is not None:
         layout = SEQUENCE_WINDOWS
         train = read_sequence_windows(chunks, written.sequences, written.window.sequence_windows(),

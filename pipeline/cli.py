@@ -182,6 +182,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                    help="also train this model; the Evaluator compares against it")
     g.add_argument("--epochs", type=int, default=10, help="maximum training epochs")
     g.add_argument("--batch-size", type=int, default=256, help="training batch size")
+    g.add_argument("--length-buckets", type=int, default=8,
+                   help="sequence layout: batch chunks within this many length ranges "
+                        "(1: mix every length in a batch, so every label weighs alike)")
     g.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
     g.add_argument("--lr-schedule", default="constant", choices=KINDS,
                    help="learning rate over epochs: constant, or cosine/linear decay (after "
@@ -241,7 +244,8 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
                           learning_rate_schedule=LearningRateSchedule(
                               args.lr_schedule, args.warmup_epochs, args.final_lr_fraction),
                           selection_metric=args.selection_metric, strategy=args.strategy,
-                          exclude_seen=args.select_seen_excluded),
+                          exclude_seen=args.select_seen_excluded,
+                          length_buckets=args.length_buckets),
         eval=EvalConfig(ks=tuple(int(k) for k in args.ks.split(",")),
                         blessing_metric=args.blessing_metric, threshold=args.blessing_threshold,
                         exclude_history=args.exclude_history,

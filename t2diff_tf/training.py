@@ -68,6 +68,12 @@ class TrainConfig:
       time_budget_seconds: stop after the epoch in which the training wall time (validation
         excluded) reaches this budget; the best validation epoch so far is restored, so the
         model is the one a user would have after that much training. ``None``: no budget.
+      length_buckets: sequence layout only: chunks are batched within this many length ranges
+        (:func:`batch_sequences`), which trims padding but gives a batch of short chunks (few
+        labels) the same step as a batch of long ones, so each label of a short history weighs
+        more. 1 batches chunks of every length together: every label weighs alike in
+        expectation, as in SASRec's reference training, at the cost of padding to the longest
+        chunk of each batch.
     """
 
     epochs: int = 10
@@ -84,10 +90,13 @@ class TrainConfig:
     exclude_seen: bool = False
     checkpoint_dir: Optional[str] = None
     time_budget_seconds: Optional[float] = None
+    length_buckets: int = 8
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and learning_rate > 0")
+        if self.length_buckets < 1:
+            raise ValueError(f"length_buckets must be >= 1, got {self.length_buckets}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         name, _, k = self.selection_metric.partition("@")
@@ -182,7 +191,9 @@ def batch_sequences(dataset: tf.data.Dataset, batch_size: int, num_buckets: int 
     width = max(1, -(-int(max_length or 1) // num_buckets))
 
     def bucket(chunk):
-        return tf.cast(chunk[F.SEQUENCE_LENGTH], tf.int64) // width
+        # Clamped: a chunk of exactly ``max_length`` items belongs to the last bucket.
+        return tf.minimum(tf.cast(chunk[F.SEQUENCE_LENGTH], tf.int64) // width,
+                          num_buckets - 1)
 
     dataset = dataset.group_by_window(bucket, lambda _, chunks: chunks.batch(batch_size),
                                       window_size=batch_size)

@@ -129,13 +129,42 @@ def test_sequence_batches_group_lengths_and_trim_shared_padding():
         history, target = batch[F.HISTORY].numpy(), batch[F.TARGET].numpy()
         lengths = (history != 0).sum(1) + 1          # valid items of each chunk
         # Trimmed to the longest chunk of the batch; chunks of one batch share a length bucket
-        # (3 buckets of width 3 over chunks of up to 9 items).
+        # (3 buckets of width 3 over chunks of up to 9 items; 9 itself is in the last one).
         assert history.shape[1] + 1 == lengths.max()
-        assert len({n // 3 for n in lengths}) == 1
+        assert len({min(n // 3, 2) for n in lengths}) == 1
         for h, t in zip(history, target):
             seen.append(tuple(h[h != 0].tolist()) + (int(t),))
     expected = sorted(tuple(row[row != 0].tolist()) for row in arrays[F.SEQUENCE_ITEMS])
     assert sorted(seen) == expected        # every chunk once, labels = the chunk shifted
+
+
+def test_one_length_bucket_mixes_lengths_so_every_label_weighs_alike():
+    # Unshuffled, one bucket batches chunks in file order: a short and a long chunk share a
+    # batch (padded to the long one), where length buckets would have kept them apart.
+    lengths = [2, 9, 2, 9, 3, 8]
+    arrays = _chunks(lengths)
+    batches = list(sequence_arrays_dataset(arrays, batch_size=2, num_buckets=1))
+    assert len(batches) == 3
+    seen = []
+    for batch in batches:
+        history, target = batch[F.HISTORY].numpy(), batch[F.TARGET].numpy()
+        valid = (history != 0).sum(1) + 1
+        assert history.shape[1] + 1 == valid.max()
+        assert sorted(valid.tolist()) in ([2, 9], [3, 8])
+        for h, t in zip(history, target):
+            seen.append(tuple(h[h != 0].tolist()) + (int(t),))
+    expected = sorted(tuple(row[row != 0].tolist()) for row in arrays[F.SEQUENCE_ITEMS])
+    assert sorted(seen) == expected
+    bucketed = list(sequence_arrays_dataset(arrays, batch_size=2, num_buckets=3))
+    assert all(len({min(int(n) // 3, 2) for n in (b[F.HISTORY].numpy() != 0).sum(1) + 1}) == 1
+               for b in bucketed)
+
+
+def test_train_config_needs_at_least_one_length_bucket():
+    assert TrainConfig().length_buckets == 8
+    assert TrainConfig.from_dict({"length_buckets": 1}).length_buckets == 1
+    with pytest.raises(ValueError, match="length_buckets"):
+        TrainConfig(length_buckets=0)
 
 
 def test_sasrec_learns_from_sequence_chunks():
