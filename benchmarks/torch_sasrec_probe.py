@@ -98,7 +98,11 @@ def read_sequences(path: str) -> List[List[int]]:
 
 def training_chunks(histories: Sequence[Sequence[int]], length: int) -> List[List[int]]:
     """Chunks of up to ``length + 1`` items, newest first, overlapping by one: every item but a
-    history's first is a label exactly once."""
+    history's first is a label exactly once.
+
+    ``components.preprocessing.sequences.chunk_bounds`` restated: the GPU machine has no
+    TensorFlow, which that module imports; ``tests/benchmarks/test_torch_sasrec_probe.py`` holds
+    the two equal."""
     chunks = []
     for history in histories:
         end = len(history)
