@@ -32,7 +32,6 @@ import dataclasses
 import gzip
 import json
 import math
-import os
 import subprocess
 import sys
 import time
