@@ -405,6 +405,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--time-budget-seconds", type=float, default=None,
                         help="stop after the epoch in which training wall time reaches this; "
                              "the best validation epoch so far is tested (time to quality)")
+    parser.add_argument("--length-buckets", type=int, default=TrainConfig.length_buckets,
+                        help="sequences: batch chunks within this many length ranges (1: mix "
+                             "every length; runs recorded before 2026-12-04 used 8)")
     parser.add_argument("--no-item-features", action="store_true",
                         help="item ids only (no genres), as SASRec's reference code")
     parser.add_argument("--checkpoint-dir", default=None,
@@ -425,7 +428,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                                early_stopping_patience=args.patience, verbose=args.verbose,
                                selection_metric=args.selection_metric,
                                exclude_seen=args.select_seen_excluded,
-                               time_budget_seconds=args.time_budget_seconds)
+                               time_budget_seconds=args.time_budget_seconds,
+                               length_buckets=args.length_buckets)
     example_spec = ExampleSpec(history_length=args.history_length)
     sequences = (F.SequenceSpec(args.sequence_length or args.history_length,
                                 args.max_chunks_per_user)

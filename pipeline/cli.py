@@ -182,9 +182,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                    help="also train this model; the Evaluator compares against it")
     g.add_argument("--epochs", type=int, default=10, help="maximum training epochs")
     g.add_argument("--batch-size", type=int, default=256, help="training batch size")
-    g.add_argument("--length-buckets", type=int, default=8,
+    g.add_argument("--length-buckets", type=int, default=1,
                    help="sequence layout: batch chunks within this many length ranges "
-                        "(1: mix every length in a batch, so every label weighs alike)")
+                        "(1, the default: mix every length in a batch, so every label weighs "
+                        "alike; more trims padding but weighs short histories' labels more)")
     g.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
     g.add_argument("--lr-schedule", default="constant", choices=KINDS,
                    help="learning rate over epochs: constant, or cosine/linear decay (after "

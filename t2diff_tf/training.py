@@ -69,11 +69,12 @@ class TrainConfig:
         excluded) reaches this budget; the best validation epoch so far is restored, so the
         model is the one a user would have after that much training. ``None``: no budget.
       length_buckets: sequence layout only: chunks are batched within this many length ranges
-        (:func:`batch_sequences`), which trims padding but gives a batch of short chunks (few
-        labels) the same step as a batch of long ones, so each label of a short history weighs
-        more. 1 batches chunks of every length together: every label weighs alike in
-        expectation, as in SASRec's reference training, at the cost of padding to the longest
-        chunk of each batch.
+        (:func:`batch_sequences`). 1 (the default) batches chunks of every length together:
+        every label weighs alike in expectation, as in SASRec's reference training, at the
+        cost of padding to the longest chunk of each batch. More buckets trim padding but give
+        a batch of short chunks (few labels) the same step as a batch of long ones, so each
+        label of a short history weighs more; on ML-1M at L = 200, 8 buckets weigh it about
+        12x and cost SASRec about 0.01 Recall@10 on test (BENCHMARKS.md, "Width").
     """
 
     epochs: int = 10
@@ -90,7 +91,7 @@ class TrainConfig:
     exclude_seen: bool = False
     checkpoint_dir: Optional[str] = None
     time_budget_seconds: Optional[float] = None
-    length_buckets: int = 8
+    length_buckets: int = 1
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -179,14 +180,16 @@ def _trim_left_padding(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
             for name, value in batch.items()}
 
 
-def batch_sequences(dataset: tf.data.Dataset, batch_size: int, num_buckets: int = 8,
+def batch_sequences(dataset: tf.data.Dataset, batch_size: int, num_buckets: int = 1,
                     max_length: Optional[int] = None) -> tf.data.Dataset:
     """Unbatched chunk dicts -> batches of chunks of similar length, left padding trimmed,
     as next-item features (``history`` ``[batch, l]``, ``target`` ``[batch]``; see
     :func:`t2diff_tf.features.sequence_as_window`).
 
     Chunks are grouped into ``num_buckets`` length ranges of equal width; a bucket emits a batch
-    when it holds ``batch_size`` chunks (the rest at the end of the pass).
+    when it holds ``batch_size`` chunks (the rest at the end of the pass). With one bucket (the
+    default) a batch mixes every length, so each label weighs alike; see
+    ``TrainConfig.length_buckets`` for what more buckets cost.
     """
     width = max(1, -(-int(max_length or 1) // num_buckets))
 
@@ -203,8 +206,8 @@ def batch_sequences(dataset: tf.data.Dataset, batch_size: int, num_buckets: int 
 
 def read_sequences(file_patterns: Union[str, Sequence[str]], spec: F.SequenceSpec,
                    batch_size: int, shuffle_buffer: int = 0, seed: int = 0,
-                   num_buckets: int = 8) -> tf.data.Dataset:
-    """Gzipped sequence-chunk TFRecords (``Split-train_sequences``) -> length-bucketed batches
+                   num_buckets: int = 1) -> tf.data.Dataset:
+    """Gzipped sequence-chunk TFRecords (``Split-train_sequences``) -> batches
     of next-item features (see :func:`batch_sequences`)."""
     dataset = _serialized_records(file_patterns, shuffle_buffer, seed)
     dataset = dataset.map(lambda s: spec.parse(s[None], with_user_id=False),
@@ -213,8 +216,8 @@ def read_sequences(file_patterns: Union[str, Sequence[str]], spec: F.SequenceSpe
 
 
 def sequence_arrays_dataset(arrays: Arrays, batch_size: int, shuffle_buffer: int = 0,
-                            seed: int = 0, num_buckets: int = 8) -> tf.data.Dataset:
-    """In-memory chunk arrays (``inmemory.chunks_to_arrays``) -> length-bucketed batches of
+                            seed: int = 0, num_buckets: int = 1) -> tf.data.Dataset:
+    """In-memory chunk arrays (``inmemory.chunks_to_arrays``) -> batches of
     next-item features (see :func:`batch_sequences`)."""
     names = (F.SEQUENCE_ITEMS, F.SEQUENCE_LENGTH)
     dataset = tf.data.Dataset.from_tensor_slices({n: arrays[n] for n in names})

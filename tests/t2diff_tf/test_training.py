@@ -138,12 +138,12 @@ def test_sequence_batches_group_lengths_and_trim_shared_padding():
     assert sorted(seen) == expected        # every chunk once, labels = the chunk shifted
 
 
-def test_one_length_bucket_mixes_lengths_so_every_label_weighs_alike():
+def test_by_default_one_length_bucket_mixes_lengths_so_every_label_weighs_alike():
     # Unshuffled, one bucket batches chunks in file order: a short and a long chunk share a
     # batch (padded to the long one), where length buckets would have kept them apart.
     lengths = [2, 9, 2, 9, 3, 8]
     arrays = _chunks(lengths)
-    batches = list(sequence_arrays_dataset(arrays, batch_size=2, num_buckets=1))
+    batches = list(sequence_arrays_dataset(arrays, batch_size=2))   # one bucket: the default
     assert len(batches) == 3
     seen = []
     for batch in batches:
@@ -161,8 +161,8 @@ def test_one_length_bucket_mixes_lengths_so_every_label_weighs_alike():
 
 
 def test_train_config_needs_at_least_one_length_bucket():
-    assert TrainConfig().length_buckets == 8
-    assert TrainConfig.from_dict({"length_buckets": 1}).length_buckets == 1
+    assert TrainConfig().length_buckets == 1
+    assert TrainConfig.from_dict({"length_buckets": 8}).length_buckets == 8
     with pytest.raises(ValueError, match="length_buckets"):
         TrainConfig(length_buckets=0)
 
