@@ -2,11 +2,12 @@
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/sequence_training_speed.py \
         [--model sasrec] [--num-items 3706] [--history-length 200] [--batch-size 128] \
-        [--steps 20] [--output benchmarks/results/sequence_training_speed.json]
+        [--steps 20] [--length-buckets 1] [--output benchmarks/results/sequence_training_speed.json]
 
 Inputs are random chunks of the sequence contract with ML-1M's shape: ``N`` items, chunks of up
 to ``L + 1`` items whose lengths are drawn from MovieLens-1M's chunk lengths when the data is at
-``--data-dir`` (else uniformly), batched by length and trimmed of shared padding as in training.
+``--data-dir`` (else uniformly), batched as in training (``--length-buckets``: 1 mixes every
+length, more groups similar lengths) and trimmed of shared padding.
 Each variant runs in its own process (oneDNN is chosen when TensorFlow starts): after a warm-up
 epoch that absorbs tracing, ``--steps`` optimiser steps are timed. Recorded per variant: steps/s
 and labelled positions/s (the quantity that decides an epoch's time), with the load average at
@@ -80,7 +81,8 @@ def measure(args: argparse.Namespace, variant: dict) -> dict:
     items = rng.integers(1, N + 1, size=(count, L + 1))
     items[np.arange(L + 1)[None, :] < (L + 1 - lengths)[:, None]] = 0
     arrays = {F.SEQUENCE_ITEMS: items, F.SEQUENCE_LENGTH: lengths.astype(np.int64)}
-    dataset = sequence_arrays_dataset(arrays, batch, count, seed=0)
+    dataset = sequence_arrays_dataset(arrays, batch, count, seed=0,
+                                      num_buckets=args.length_buckets)
     batches = list(dataset)
     labels = [int(tf.reduce_sum(tf.cast(b[F.HISTORY] != 0, tf.int32))) for b in batches]
 
@@ -102,7 +104,8 @@ def measure(args: argparse.Namespace, variant: dict) -> dict:
     positions = sum(labels[5:5 + args.steps])
     from tensorflow.python.util import _pywrap_util_port
 
-    return {**variant, "onednn_on": bool(_pywrap_util_port.IsMklEnabled()),
+    return {**variant, "length_buckets": args.length_buckets,
+            "onednn_on": bool(_pywrap_util_port.IsMklEnabled()),
             "steps": len(timed), "seconds": round(seconds, 3),
             "steps_per_second": round(len(timed) / seconds, 3),
             "labels_per_second": round(positions / seconds, 1),
@@ -117,6 +120,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--history-length", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--length-buckets", type=int, default=1,
+                        help="batch chunks within this many length ranges (training's "
+                             "TrainConfig.length_buckets; 1 mixes every length)")
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data", "ml-1m"))
     parser.add_argument("--losses", default=None,
                         help="comma-separated losses to measure (default: every variant); "
@@ -145,7 +151,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             [sys.executable, os.path.abspath(__file__), "--variant", str(index),
              "--model", args.model, "--num-items", str(args.num_items),
              "--history-length", str(args.history_length), "--batch-size", str(args.batch_size),
-             "--steps", str(args.steps), "--data-dir", args.data_dir],
+             "--steps", str(args.steps), "--data-dir", args.data_dir,
+             "--length-buckets", str(args.length_buckets)],
             env=env, capture_output=True, text=True)
         lines = [l for l in child.stdout.splitlines() if l.startswith("RESULT ")]
         if child.returncode or not lines:
@@ -159,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     report = {"command": "python " + " ".join(sys.argv), "machine": describe(),
               "model": args.model, "num_items": args.num_items,
               "history_length": args.history_length, "batch_size": args.batch_size,
-              "results": results}
+              "length_buckets": args.length_buckets, "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)
