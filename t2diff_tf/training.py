@@ -182,9 +182,9 @@ def _trim_left_padding(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
 
 def batch_sequences(dataset: tf.data.Dataset, batch_size: int, num_buckets: int = 1,
                     max_length: Optional[int] = None) -> tf.data.Dataset:
-    """Unbatched chunk dicts -> batches of chunks of similar length, left padding trimmed,
-    as next-item features (``history`` ``[batch, l]``, ``target`` ``[batch]``; see
-    :func:`t2diff_tf.features.sequence_as_window`).
+    """Unbatched chunk dicts -> batches of chunks (of similar lengths with several buckets),
+    left padding trimmed, as next-item features (``history`` ``[batch, l]``, ``target``
+    ``[batch]``; see :func:`t2diff_tf.features.sequence_as_window`).
 
     Chunks are grouped into ``num_buckets`` length ranges of equal width; a bucket emits a batch
     when it holds ``batch_size`` chunks (the rest at the end of the pass). With one bucket (the
