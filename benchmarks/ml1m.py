@@ -268,7 +268,8 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
         layout = "sequences"
         train = sequence_arrays_dataset(data[TRAIN_SEQUENCES], train_config.batch_size,
                                         train_config.shuffle_buffer, seed,
-                                        num_buckets=train_config.length_buckets)
+                                        num_buckets=train_config.length_buckets,
+                                        positions_per_batch=train_config.positions_per_batch)
     elif TRAIN_SEQUENCES in data:
         # A per-target model: one window per chunk position, built as the preprocessing
         # built its windows (shape and session rule).
@@ -408,6 +409,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--length-buckets", type=int, default=TrainConfig.length_buckets,
                         help="sequences: batch chunks within this many length ranges (1: mix "
                              "every length; runs recorded before 2026-12-04 used 8)")
+    parser.add_argument("--positions-per-batch", type=int, default=None,
+                        help="sequences: size each length bucket's batches to about this many "
+                             "positions instead of --batch-size chunks (token batching)")
     parser.add_argument("--no-item-features", action="store_true",
                         help="item ids only (no genres), as SASRec's reference code")
     parser.add_argument("--checkpoint-dir", default=None,
@@ -429,7 +433,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                                selection_metric=args.selection_metric,
                                exclude_seen=args.select_seen_excluded,
                                time_budget_seconds=args.time_budget_seconds,
-                               length_buckets=args.length_buckets)
+                               length_buckets=args.length_buckets,
+                               positions_per_batch=args.positions_per_batch)
     example_spec = ExampleSpec(history_length=args.history_length)
     sequences = (F.SequenceSpec(args.sequence_length or args.history_length,
                                 args.max_chunks_per_user)

@@ -75,14 +75,16 @@ def measure(args: argparse.Namespace, variant: dict) -> dict:
     from t2diff_tf.training import sequence_arrays_dataset
 
     L, N, batch = args.history_length, args.num_items, args.batch_size
-    count = batch * (args.steps + 10)
+    # Token batching puts more short chunks in a batch: draw enough chunks for the timed steps.
+    count = batch * (args.steps + 10) * (4 if args.positions_per_batch else 1)
     lengths = chunk_lengths(args.data_dir, L, count, seed=0)
     rng = np.random.default_rng(1)
     items = rng.integers(1, N + 1, size=(count, L + 1))
     items[np.arange(L + 1)[None, :] < (L + 1 - lengths)[:, None]] = 0
     arrays = {F.SEQUENCE_ITEMS: items, F.SEQUENCE_LENGTH: lengths.astype(np.int64)}
     dataset = sequence_arrays_dataset(arrays, batch, count, seed=0,
-                                      num_buckets=args.length_buckets)
+                                      num_buckets=args.length_buckets,
+                                      positions_per_batch=args.positions_per_batch)
     batches = list(dataset)
     labels = [int(tf.reduce_sum(tf.cast(b[F.HISTORY] != 0, tf.int32))) for b in batches]
 
@@ -105,6 +107,7 @@ def measure(args: argparse.Namespace, variant: dict) -> dict:
     from tensorflow.python.util import _pywrap_util_port
 
     return {**variant, "length_buckets": args.length_buckets,
+            "positions_per_batch": args.positions_per_batch,
             "onednn_on": bool(_pywrap_util_port.IsMklEnabled()),
             "steps": len(timed), "seconds": round(seconds, 3),
             "steps_per_second": round(len(timed) / seconds, 3),
@@ -123,6 +126,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--length-buckets", type=int, default=1,
                         help="batch chunks within this many length ranges (training's "
                              "TrainConfig.length_buckets; 1 mixes every length)")
+    parser.add_argument("--positions-per-batch", type=int, default=None,
+                        help="size each bucket's batches to about this many positions "
+                             "(TrainConfig.positions_per_batch) instead of --batch-size chunks")
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data", "ml-1m"))
     parser.add_argument("--losses", default=None,
                         help="comma-separated losses to measure (default: every variant); "
@@ -152,7 +158,9 @@ def main(argv: Optional[List[str]] = None) -> None:
              "--model", args.model, "--num-items", str(args.num_items),
              "--history-length", str(args.history_length), "--batch-size", str(args.batch_size),
              "--steps", str(args.steps), "--data-dir", args.data_dir,
-             "--length-buckets", str(args.length_buckets)],
+             "--length-buckets", str(args.length_buckets)]
+            + (["--positions-per-batch", str(args.positions_per_batch)]
+               if args.positions_per_batch else []),
             env=env, capture_output=True, text=True)
         lines = [l for l in child.stdout.splitlines() if l.startswith("RESULT ")]
         if child.returncode or not lines:
@@ -166,7 +174,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     report = {"command": "python " + " ".join(sys.argv), "machine": describe(),
               "model": args.model, "num_items": args.num_items,
               "history_length": args.history_length, "batch_size": args.batch_size,
-              "length_buckets": args.length_buckets, "results": results}
+              "length_buckets": args.length_buckets,
+              "positions_per_batch": args.positions_per_batch, "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)

@@ -186,6 +186,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                    help="sequence layout: batch chunks within this many length ranges "
                         "(1, the default: mix every length in a batch, so every label weighs "
                         "alike; more trims padding but weighs short histories' labels more)")
+    g.add_argument("--positions-per-batch", type=int, default=None,
+                   help="sequence layout: size each length bucket's batches to about this many "
+                        "positions instead of --batch-size chunks, so buckets trim padding and "
+                        "every label still weighs about alike")
     g.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
     g.add_argument("--lr-schedule", default="constant", choices=KINDS,
                    help="learning rate over epochs: constant, or cosine/linear decay (after "
@@ -246,7 +250,8 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
                               args.lr_schedule, args.warmup_epochs, args.final_lr_fraction),
                           selection_metric=args.selection_metric, strategy=args.strategy,
                           exclude_seen=args.select_seen_excluded,
-                          length_buckets=args.length_buckets),
+                          length_buckets=args.length_buckets,
+                          positions_per_batch=args.positions_per_batch),
         eval=EvalConfig(ks=tuple(int(k) for k in args.ks.split(",")),
                         blessing_metric=args.blessing_metric, threshold=args.blessing_threshold,
                         exclude_history=args.exclude_history,

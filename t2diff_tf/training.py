@@ -74,7 +74,14 @@ class TrainConfig:
         cost of padding to the longest chunk of each batch. More buckets trim padding but give
         a batch of short chunks (few labels) the same step as a batch of long ones, so each
         label of a short history weighs more; on ML-1M at L = 200, 8 buckets weigh it about
-        12x and cost SASRec about 0.01 Recall@10 on test (BENCHMARKS.md, "Width").
+        12x and cost SASRec about 0.01 Recall@10 on test (BENCHMARKS.md, "Width"), unless
+        ``positions_per_batch`` sizes the batches.
+      positions_per_batch: sequence layout only: instead of ``batch_size`` chunks, each batch
+        holds ``positions_per_batch // longest`` chunks, ``longest`` the upper length of its
+        bucket (token batching, as in machine translation). With several length buckets a
+        batch of short chunks then holds many more of them, so every batch carries about as
+        many labels, each label weighs about alike, and padding stays small. ``None``:
+        ``batch_size`` chunks per batch.
     """
 
     epochs: int = 10
@@ -92,12 +99,16 @@ class TrainConfig:
     checkpoint_dir: Optional[str] = None
     time_budget_seconds: Optional[float] = None
     length_buckets: int = 1
+    positions_per_batch: Optional[int] = None
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and learning_rate > 0")
         if self.length_buckets < 1:
             raise ValueError(f"length_buckets must be >= 1, got {self.length_buckets}")
+        if self.positions_per_batch is not None and self.positions_per_batch < 1:
+            raise ValueError(f"positions_per_batch must be >= 1 or None, got "
+                             f"{self.positions_per_batch}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         name, _, k = self.selection_metric.partition("@")
@@ -181,7 +192,8 @@ def _trim_left_padding(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
 
 
 def batch_sequences(dataset: tf.data.Dataset, batch_size: int, num_buckets: int = 1,
-                    max_length: Optional[int] = None) -> tf.data.Dataset:
+                    max_length: Optional[int] = None,
+                    positions_per_batch: Optional[int] = None) -> tf.data.Dataset:
     """Unbatched chunk dicts -> batches of chunks (of similar lengths with several buckets),
     left padding trimmed, as next-item features (``history`` ``[batch, l]``, ``target``
     ``[batch]``; see :func:`t2diff_tf.features.sequence_as_window`).
@@ -190,33 +202,50 @@ def batch_sequences(dataset: tf.data.Dataset, batch_size: int, num_buckets: int 
     when it holds ``batch_size`` chunks (the rest at the end of the pass). With one bucket (the
     default) a batch mixes every length, so each label weighs alike; see
     ``TrainConfig.length_buckets`` for what more buckets cost.
+
+    With ``positions_per_batch`` a bucket whose chunks have at most ``u`` items emits batches of
+    ``max(1, positions_per_batch // u)`` chunks instead (``batch_size`` is then unused): every
+    padded batch ``[chunks, u]`` holds at most ``positions_per_batch`` positions, and batches
+    of short chunks hold more chunks, so labels per batch, and so each label's weight in the
+    batch-mean loss, stay about equal across buckets.
     """
-    width = max(1, -(-int(max_length or 1) // num_buckets))
+    max_length = int(max_length or 1)
+    width = max(1, -(-max_length // num_buckets))
 
     def bucket(chunk):
         # Clamped: a chunk of exactly ``max_length`` items belongs to the last bucket.
         return tf.minimum(tf.cast(chunk[F.SEQUENCE_LENGTH], tf.int64) // width,
                           num_buckets - 1)
 
-    dataset = dataset.group_by_window(bucket, lambda _, chunks: chunks.batch(batch_size),
-                                      window_size=batch_size)
+    def chunks_per_batch(key):
+        if positions_per_batch is None:
+            return tf.constant(batch_size, tf.int64)
+        longest = tf.minimum((key + 1) * width, max_length)
+        return tf.maximum(tf.constant(1, tf.int64), positions_per_batch // longest)
+
+    dataset = dataset.group_by_window(
+        bucket, lambda key, chunks: chunks.batch(chunks_per_batch(key)),
+        window_size_func=chunks_per_batch)
     return dataset.map(lambda b: F.sequence_as_window(_trim_left_padding(b)),
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def read_sequences(file_patterns: Union[str, Sequence[str]], spec: F.SequenceSpec,
                    batch_size: int, shuffle_buffer: int = 0, seed: int = 0,
-                   num_buckets: int = 1) -> tf.data.Dataset:
+                   num_buckets: int = 1,
+                   positions_per_batch: Optional[int] = None) -> tf.data.Dataset:
     """Gzipped sequence-chunk TFRecords (``Split-train_sequences``) -> batches
     of next-item features (see :func:`batch_sequences`)."""
     dataset = _serialized_records(file_patterns, shuffle_buffer, seed)
     dataset = dataset.map(lambda s: spec.parse(s[None], with_user_id=False),
                           num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    return batch_sequences(dataset, batch_size, num_buckets, spec.chunk_length)
+    return batch_sequences(dataset, batch_size, num_buckets, spec.chunk_length,
+                           positions_per_batch)
 
 
 def sequence_arrays_dataset(arrays: Arrays, batch_size: int, shuffle_buffer: int = 0,
-                            seed: int = 0, num_buckets: int = 1) -> tf.data.Dataset:
+                            seed: int = 0, num_buckets: int = 1,
+                            positions_per_batch: Optional[int] = None) -> tf.data.Dataset:
     """In-memory chunk arrays (``inmemory.chunks_to_arrays``) -> batches of
     next-item features (see :func:`batch_sequences`)."""
     names = (F.SEQUENCE_ITEMS, F.SEQUENCE_LENGTH)
@@ -224,7 +253,7 @@ def sequence_arrays_dataset(arrays: Arrays, batch_size: int, shuffle_buffer: int
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return batch_sequences(dataset, batch_size, num_buckets,
-                           int(arrays[F.SEQUENCE_ITEMS].shape[1]))
+                           int(arrays[F.SEQUENCE_ITEMS].shape[1]), positions_per_batch)
 
 
 def windows_from_chunks(chunks: tf.data.Dataset, config: SequenceWindowConfig,

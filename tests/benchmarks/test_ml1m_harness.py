@@ -49,11 +49,12 @@ def results_path(tmp_path_factory) -> str:
     results = [harness.run_one(r, 0, root, data, train, SPEC) for r in runs]
     # SASRec on the sequence layout, two epochs: a time-to-quality curve for the notebook.
     chunks = dict(data, **{TRAIN_SEQUENCES: harness.load_sequences(root, SequenceSpec(12))})
-    # A run spec's training override (4 length buckets, not the default 1) reaches the run
-    # and its record.
+    # A run spec's training override (4 length buckets sized by positions, not the default
+    # batch of chunks) reaches the run and its record.
     results.append(harness.run_one({"label": "SASRec", "model": "sasrec",
                                     "config": {"embedding_dim": 8},
-                                    "train": {"length_buckets": 4}}, 0, root, chunks,
+                                    "train": {"length_buckets": 4,
+                                              "positions_per_batch": 256}}, 0, root, chunks,
                                    TrainConfig(epochs=2, batch_size=32, verbose=0), SPEC))
     path = str(tmp_path / "ml1m_tiny.json")
     with open(path, "w") as f:
@@ -90,6 +91,7 @@ def test_run_records_metrics_intervals_cost_and_reverse_steps(results_path):
             low, high = r["intervals_seen_excluded"][name]
             assert low <= value <= high
     assert sasrec["train"]["length_buckets"] == 4 and sasrec["layout"] == "sequences"
+    assert sasrec["train"]["positions_per_batch"] == 256
     curve = sasrec["time_to_quality"]
     assert len(curve["train_seconds"]) == 2 == len(curve["val_recall@10"])
     assert curve["train_seconds"][0] < curve["train_seconds"][1]

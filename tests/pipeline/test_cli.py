@@ -32,3 +32,16 @@ def test_bad_path_is_a_one_line_error_with_exit_code_2(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert f"t2diff preprocess: error: {tmp_path / 'missing.txt'}: no such file" in run.stderr
+
+
+def test_run_batching_flags_reach_the_training_config(tmp_path):
+    from pipeline.cli import build_parser, pipeline_config_from_args
+
+    args = build_parser("run").parse_args(
+        ["run", "--source", "synthetic", "--output-root", str(tmp_path),
+         "--length-buckets", "8", "--positions-per-batch", "8192"])
+    train = pipeline_config_from_args(args).train
+    assert (train.length_buckets, train.positions_per_batch) == (8, 8192)
+    default = pipeline_config_from_args(build_parser("run").parse_args(
+        ["run", "--source", "synthetic", "--output-root", str(tmp_path)])).train
+    assert (default.length_buckets, default.positions_per_batch) == (1, None)

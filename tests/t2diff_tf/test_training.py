@@ -160,11 +160,45 @@ def test_by_default_one_length_bucket_mixes_lengths_so_every_label_weighs_alike(
                for b in bucketed)
 
 
+def test_positions_per_batch_sizes_each_bucket_so_labels_per_batch_stay_about_equal():
+    # 3 buckets over chunks of up to 9 items: upper lengths 3, 6, 9. With 18 positions a batch,
+    # short chunks come 6 (18 // 3) to a batch, middle ones 3, long ones 2.
+    lengths = [2] * 12 + [5] * 6 + [9] * 4
+    arrays = _chunks(lengths)
+    batches = list(sequence_arrays_dataset(arrays, batch_size=1000, num_buckets=3,
+                                           positions_per_batch=18))
+    sizes = sorted(int(b[F.HISTORY].shape[0]) for b in batches)
+    assert sizes == [2, 2, 3, 3, 6, 6]
+    seen = []
+    for batch in batches:
+        history, target = batch[F.HISTORY].numpy(), batch[F.TARGET].numpy()
+        # The padded batch [chunks, longest] stays within the positions budget.
+        assert history.shape[0] * (history.shape[1] + 1) <= 18
+        for h, t in zip(history, target):
+            seen.append(tuple(h[h != 0].tolist()) + (int(t),))
+    expected = sorted(tuple(row[row != 0].tolist()) for row in arrays[F.SEQUENCE_ITEMS])
+    assert sorted(seen) == expected        # every chunk once
+    # Labels per batch (history positions that have a next item): 6 x 1, 3 x 4, 2 x 8, so each
+    # label weighs 1/6 .. 1/16 instead of 1/2 .. 1/16 with batch_size 2.
+    per_batch = sorted(int((b[F.HISTORY].numpy() != 0).sum()) for b in batches)
+    assert per_batch == [6, 6, 12, 12, 16, 16]
+
+
+def test_positions_per_batch_with_one_bucket_is_a_fixed_batch_of_longest_chunks():
+    arrays = _chunks([2, 9, 3, 8, 4, 5, 6, 7, 9, 2])
+    batches = list(sequence_arrays_dataset(arrays, batch_size=1000, positions_per_batch=27))
+    assert [int(b[F.HISTORY].shape[0]) for b in batches] == [3, 3, 3, 1]
+
+
 def test_train_config_needs_at_least_one_length_bucket():
     assert TrainConfig().length_buckets == 1
     assert TrainConfig.from_dict({"length_buckets": 8}).length_buckets == 8
     with pytest.raises(ValueError, match="length_buckets"):
         TrainConfig(length_buckets=0)
+    assert TrainConfig().positions_per_batch is None
+    assert TrainConfig.from_dict({"positions_per_batch": 4096}).positions_per_batch == 4096
+    with pytest.raises(ValueError, match="positions_per_batch"):
+        TrainConfig(positions_per_batch=0)
 
 
 def test_sasrec_learns_from_sequence_chunks():
