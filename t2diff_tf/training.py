@@ -294,11 +294,27 @@ def sequence_windows_dataset(arrays: Arrays, config: SequenceWindowConfig, batch
 
 
 def _training_features(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Drops ``user_id`` (a string a replica cannot split) and the timestamp."""
+    """Drops ``user_id`` (a string a replica cannot split) and the timestamp; runs without
+    tf.data's autotuner (see :func:`without_autotune`)."""
     keep = F.QUERY_FEATURES + (F.TARGET,)
     dataset = dataset.map(lambda b: {n: b[n] for n in keep if n in b})
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return without_autotune(dataset.with_options(options))
+
+
+def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` with tf.data's autotuner off.
+
+    Keras makes a new iterator every epoch, and destroying the previous one waits for its
+    autotuner thread (``Model::OptimizeLoop``) to wake from a timed sleep whose period grows as
+    the iterator lives: on ML-1M at L = 200 that stalled training for 0-53 s between epochs of
+    about 85 s (BENCHMARKS.md, "Idle time between epochs"). The input pipelines here are cheap
+    beside a training step, and measured no slower without it; ``AUTOTUNE`` parallelism and
+    buffers then take tf.data's fixed defaults.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
     return dataset.with_options(options)
 
 
@@ -460,6 +476,8 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
     directory = config.checkpoint_dir
     if validation is not None:
         monitor = f"val_{config.selection_metric}"
+        if isinstance(validation, tf.data.Dataset):
+            validation = without_autotune(validation)
         all_callbacks.append(ValidationRanking(validation, sorted({config.selection_k, 10, 20}),
                                                exclude_seen=config.exclude_seen,
                                                time_budget_seconds=config.time_budget_seconds))

@@ -19,8 +19,9 @@ from components.preprocessing.config import WindowConfig
 from t2diff_tf import features as F
 from t2diff_tf import metrics as M
 from t2diff_tf.models.registry import build_model
-from t2diff_tf.training import (TrainConfig, arrays_dataset, fit, sequence_arrays_dataset,
-                                sequence_windows_dataset)
+from t2diff_tf.training import (TrainConfig, _training_features, arrays_dataset, fit,
+                                sequence_arrays_dataset, sequence_windows_dataset,
+                                without_autotune)
 
 DATA = SyntheticConfig(num_users=200, num_items=120, num_clusters=8)
 
@@ -188,6 +189,20 @@ def test_positions_per_batch_with_one_bucket_is_a_fixed_batch_of_longest_chunks(
     arrays = _chunks([2, 9, 3, 8, 4, 5, 6, 7, 9, 2])
     batches = list(sequence_arrays_dataset(arrays, batch_size=1000, positions_per_batch=27))
     assert [int(b[F.HISTORY].shape[0]) for b in batches] == [3, 3, 3, 1]
+
+
+def test_training_input_runs_without_the_autotuner_and_yields_the_same_batches():
+    # Keras destroys an epoch's iterator before the next epoch; with the autotuner on, that
+    # waits for its thread's timed sleep (up to a minute between epochs, measured).
+    arrays = _chunks([2, 9, 3, 8, 4, 5])
+    dataset = sequence_arrays_dataset(arrays, batch_size=2)
+    assert dataset.options().autotune.enabled is not False
+    plain = without_autotune(dataset)
+    assert plain.options().autotune.enabled is False
+    assert _training_features(dataset).options().autotune.enabled is False   # what fit trains on
+    for a, b in zip(dataset, plain):
+        np.testing.assert_array_equal(a[F.HISTORY].numpy(), b[F.HISTORY].numpy())
+        np.testing.assert_array_equal(a[F.TARGET].numpy(), b[F.TARGET].numpy())
 
 
 def test_train_config_needs_at_least_one_length_bucket():
