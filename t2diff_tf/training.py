@@ -10,9 +10,10 @@ for ``early_stopping_patience`` epochs and restores the best weights: model sele
 validation split only.
 
 Training data comes in two layouts: windows (``read_examples`` / ``arrays_dataset``) and
-sequence chunks (``read_sequences`` / ``sequence_arrays_dataset``), which are batched by length
-(similar lengths together) and trimmed of the left padding every row of a batch shares, so a
-next-item model spends little on padding. A per-target model reads the same chunks as one window
+sequence chunks (``read_sequences`` / ``sequence_arrays_dataset``), batched with every length
+mixed (the default) or within length buckets, optionally sized by positions
+(``TrainConfig.length_buckets``, ``positions_per_batch``), and trimmed of the left padding every
+row of a batch shares. A per-target model reads the same chunks as one window
 per labelled position (``read_sequence_windows`` / ``sequence_windows_dataset``), so it learns
 from every training interaction too.
 
@@ -310,8 +311,9 @@ def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
     autotuner thread (``Model::OptimizeLoop``) to wake from a timed sleep whose period grows as
     the iterator lives: on ML-1M at L = 200 that stalled training for 0-53 s between epochs of
     about 85 s (BENCHMARKS.md, "Idle time between epochs"). The input pipelines here are cheap
-    beside a training step, and measured no slower without it; ``AUTOTUNE`` parallelism and
-    buffers then take tf.data's fixed defaults.
+    beside a training step, and the in-memory ones measured no slower without it (the TFRecord
+    readers were not re-timed); ``AUTOTUNE`` parallelism and buffers then take tf.data's fixed
+    defaults.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
