@@ -258,10 +258,17 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
                                           "checkpoint_dir": checkpoint_dir,
                                           **spec.get("train", {})})
 
+    # Chunks may be longer than the windows (the paper protocol's windows of 50, chunks of
+    # 200): a model that trains on them needs a positional embedding for every chunk position.
+    model_spec = example_spec
+    if TRAIN_SEQUENCES in data:
+        chunk_inputs = data[TRAIN_SEQUENCES][F.SEQUENCE_ITEMS].shape[1] - 1
+        model_spec = F.model_example_spec(example_spec, F.SequenceSpec(chunk_inputs))
+
     def build():
         return build_model(spec["model"], config, num_items=vocabulary.size,
                            item_features=item_features.matrix if use_item_features else None,
-                           item_frequencies=vocabulary.frequencies(), example_spec=example_spec)
+                           item_frequencies=vocabulary.frequencies(), example_spec=model_spec)
 
     layout = "windows"
     if TRAIN_SEQUENCES in data and build().trains_on_sequences:

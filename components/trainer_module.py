@@ -53,6 +53,7 @@ from components.evaluator import CORPUS_EMBEDDINGS, preprocess_config
 from components.preprocessing.config import TRAIN_SEQUENCES
 from components.preprocessing.transforms import STATS_FILE, split_dir
 from components.preprocessing.vocabulary import ItemFeatures, Vocabulary
+from t2diff_tf import features as F
 from t2diff_tf.models.registry import build_model
 from t2diff_tf.progress import TrainingProgress, verbose_requested
 from t2diff_tf.serving.signatures import UserTowerModule
@@ -117,10 +118,13 @@ def run_fn(fn_args) -> None:
     vocabulary = Vocabulary.read(root)
     item_features = ItemFeatures.read(root)
 
+    # Positional embeddings for every chunk position when the chunks are longer than the windows.
+    model_spec = F.model_example_spec(spec, written.sequences)
+
     def build():
         return build_model(name, model_config, num_items=vocabulary.size,
                            item_features=item_features.matrix if item_features.names else None,
-                           item_frequencies=vocabulary.frequencies(), example_spec=spec)
+                           item_frequencies=vocabulary.frequencies(), example_spec=model_spec)
 
     layout = WINDOWS
     chunks = os.path.join(split_dir(root, TRAIN_SEQUENCES), "*")
@@ -155,7 +159,7 @@ def run_fn(fn_args) -> None:
         model = build()
         if base_model:
             warm_start.update(warm_start_from(
-                base_model, model, name, model_config, spec, vocabulary,
+                base_model, model, name, model_config, model_spec, vocabulary,
                 item_features.matrix if item_features.names else None))
             print(f"Trainer: warm start from {base_model}: "
                   + (warm_start["summary"] if warm_start["used"]
@@ -174,7 +178,7 @@ def run_fn(fn_args) -> None:
     write_model_assets(fn_args.serving_model_dir, root)
     with tf.io.gfile.GFile(os.path.join(extra, "training.json"), "w") as f:
         json.dump({"model": name, "model_config": model_config, "layout": layout,
-                   "example_spec": dataclasses.asdict(spec), "num_items": vocabulary.size,
+                   "example_spec": dataclasses.asdict(model_spec), "num_items": vocabulary.size,
                    "warm_start": warm_start,
                    "train": json.loads(config.get("train", "{}")),
                    "history": {k: [float(v) for v in vs] for k, vs in history.items()}}, f,

@@ -85,10 +85,15 @@ class ExampleSpec:
     Attributes:
       history_length: ``L``, the number of behaviours kept before the target.
       num_time_lag_buckets: size of the time-lag vocabulary, padding bucket 0 included.
+      max_positions: the longest sequence a model's positional embeddings must cover, when it
+        is longer than the windows: a model that trains on sequence chunks of 200 inputs and
+        ranks windows of 50 needs 200 (see :func:`model_example_spec`). ``None``:
+        ``history_length``. Windows, parsing and serving signatures keep ``history_length``.
     """
 
     history_length: int = 50
     num_time_lag_buckets: int = 32
+    max_positions: Optional[int] = None
 
     def __post_init__(self):
         if self.history_length < 1:
@@ -96,6 +101,14 @@ class ExampleSpec:
         if self.num_time_lag_buckets < 3:
             raise ValueError(
                 f"num_time_lag_buckets must be >= 3, got {self.num_time_lag_buckets}")
+        if self.max_positions is not None and self.max_positions < self.history_length:
+            raise ValueError(f"max_positions must be >= history_length ({self.history_length}) "
+                             f"or None, got {self.max_positions}")
+
+    @property
+    def positions(self) -> int:
+        """Positional embeddings a sequence encoder needs: ``max_positions`` or ``L``."""
+        return self.max_positions or self.history_length
 
     def feature_spec(self, with_user_id: bool = True) -> Dict[str, tf.io.FixedLenFeature]:
         """The ``tf.io.parse_example`` spec of one window."""
@@ -160,6 +173,16 @@ class SequenceSpec:
     def parse(self, serialized: tf.Tensor, with_user_id: bool = True) -> Dict[str, tf.Tensor]:
         """Parses a batch ``[batch]`` of serialized chunks into ``{name: [batch, ...]}``."""
         return tf.io.parse_example(serialized, self.feature_spec(with_user_id))
+
+
+def model_example_spec(example: ExampleSpec, sequences: Optional[SequenceSpec]) -> ExampleSpec:
+    """The example spec to build a model with: ``example``, with ``max_positions`` raised to
+    the chunks' input length when training chunks (``sequences``) are longer than the windows
+    (e.g. the paper protocol's windows of 50 with chunks of 200), so that a model that trains
+    on chunks has a positional embedding for every chunk position."""
+    if sequences is None or sequences.history_length <= example.positions:
+        return example
+    return dataclasses.replace(example, max_positions=sequences.history_length)
 
 
 def sequence_as_window(chunks: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:

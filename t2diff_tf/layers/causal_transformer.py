@@ -38,7 +38,7 @@ class CausalTransformer(tf.keras.layers.Layer):
         how many behaviours precede it in the (possibly truncated) sequence.
 
     Call arguments:
-      inputs: ``[batch, L, d]`` behaviour vectors (oldest first).
+      inputs: ``[batch, L, d]`` behaviour vectors (oldest first), ``L <= max_length``.
       mask: ``[batch, L]`` bool, ``True`` on valid positions.
       training: enables dropout.
 
@@ -96,6 +96,8 @@ class CausalTransformer(tf.keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
         length = tf.shape(inputs)[1]
+        tf.debugging.assert_less_equal(length, self.max_length,
+                                       message="sequence longer than max_length")
         keep = tf.cast(mask, inputs.dtype)[..., None]
         x = (inputs + self.position_embeddings(mask, length)) * keep
         x = self.input_dropout(x, training=training)

@@ -109,7 +109,7 @@ class BERT4Rec(RetrievalModel):
             name="mask_embedding", shape=[config.embedding_dim],
             initializer=tf.keras.initializers.RandomNormal(stddev=0.1))
         self.encoder = BidirectionalTransformer(
-            example_spec.history_length, config.num_blocks, config.num_heads, config.dropout,
+            example_spec.positions, config.num_blocks, config.num_heads, config.dropout,
             name="encoder")
         self.output_projection = tf.keras.layers.Dense(config.embedding_dim, activation="gelu",
                                                        name="output_projection")

@@ -252,7 +252,7 @@ class ContrastVAE(RetrievalModel):
                          item_features=item_features, item_frequencies=item_frequencies,
                          example_spec=example_spec, name=name)
         self.config = config
-        length = example_spec.history_length
+        length = example_spec.positions
         self.encoder = CausalTransformer(length, config.num_blocks, config.num_heads,
                                          config.dropout, name="encoder")
         self.posterior = GaussianPosterior(config.embedding_dim, name="posterior")

@@ -172,7 +172,7 @@ class SASRec(NextItemModel):
     def __init__(self, config: SequentialConfig = SequentialConfig(), *, name: str = "sasrec",
                  **data):
         super().__init__(config, name=name, **data)
-        self.encoder = CausalTransformer(self.example_spec.history_length, config.num_blocks,
+        self.encoder = CausalTransformer(self.example_spec.positions, config.num_blocks,
                                          config.num_heads, config.dropout, block=config.block,
                                          position_origin=config.position_origin,
                                          name="encoder")

@@ -155,7 +155,7 @@ class STOSA(NextItemModel):
         self.covariances = ItemRepresentation(num_items, config.embedding_dim, item_features,
                                               name="item_covariances")
         self.encoder = StochasticTransformer(
-            example_spec.history_length, config.num_blocks, config.num_heads, config.dropout,
+            example_spec.positions, config.num_blocks, config.num_heads, config.dropout,
             config.attention_dropout, config.activation, name="encoder")
 
     # -- Gaussians ------------------------------------------------------------------------------

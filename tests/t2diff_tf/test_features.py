@@ -1,6 +1,7 @@
 """The example contract's writer: bytes and parse round trip."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from t2diff_tf import features as F
@@ -25,3 +26,16 @@ def test_int64_example_writes_the_bytes_of_one_feature_per_list():
     # numpy rows are lists too.
     values[F.HISTORY] = np.array(values[F.HISTORY])
     assert F.int64_example(values, "user-ü").SerializeToString(deterministic=True) == got
+
+
+def test_model_example_spec_covers_chunks_longer_than_the_windows():
+    windows = F.ExampleSpec(history_length=50)
+    longer = F.model_example_spec(windows, F.SequenceSpec(history_length=200))
+    assert longer.history_length == 50 and longer.positions == 200
+    assert longer.feature_spec()[F.HISTORY].shape == [50]  # windows parse as before
+    # Chunks no longer than the windows, or none: the spec is unchanged.
+    assert F.model_example_spec(windows, F.SequenceSpec(history_length=50)) is windows
+    assert F.model_example_spec(windows, None) is windows
+    assert windows.positions == 50
+    with pytest.raises(ValueError, match="max_positions"):
+        F.ExampleSpec(history_length=50, max_positions=20)

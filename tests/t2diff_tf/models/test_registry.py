@@ -116,3 +116,25 @@ def test_sequence_models_train_on_trimmed_chunks(name):
     grads = tape.gradient(loss, model.trainable_variables)
     assert np.isfinite(float(loss))
     assert sum(g is not None for g in grads) > 0
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_sequence_models_train_on_chunks_longer_than_their_windows(name):
+    """Built with ``model_example_spec`` (windows of 8, chunks of 20 inputs, as the paper
+    protocol's 50 and 200), a model trains on full-width chunks and still ranks windows of 8."""
+    tf.keras.utils.set_random_seed(0)
+    spec = F.model_example_spec(SPEC, F.SequenceSpec(history_length=20))
+    assert spec.history_length == SPEC.history_length and spec.positions == 20
+    model = build_model(name, CONFIGS[name], num_items=NUM_ITEMS, item_features=GENRES,
+                        item_frequencies=np.full(NUM_ITEMS + 1, 1.0 / NUM_ITEMS),
+                        example_spec=spec)
+    items = np.random.default_rng(0).integers(1, NUM_ITEMS + 1, [3, 21])
+    batch = F.sequence_as_window({F.SEQUENCE_ITEMS: tf.constant(items, tf.int64)})
+    assert batch[F.HISTORY].shape == (3, 20)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(batch, training=True)
+    assert np.isfinite(float(loss))
+    assert any(g is not None for g in tape.gradient(loss, model.trainable_variables))
+    windows = _windows(n=5)
+    queries = model.query_embeddings({n: tf.constant(windows[n]) for n in F.QUERY_FEATURES})
+    assert queries.shape[0] == 5 and np.all(np.isfinite(queries.numpy()))
