@@ -156,8 +156,9 @@ def test_schema_mismatch_stops_the_run_and_pushes_nothing(tmp_path):
 def test_sequence_layout_trains_next_item_models_on_chunks(tmp_path):
     """With --sequence-length the examples hold the chunks too: SASRec trains on them, the
     mean-pooled baseline on a window per chunk position, and statistics cover the window
-    splits only."""
-    config = config_for(tmp_path, "--sequence-length", "20", "--model", "sasrec",
+    splits only. The chunks (30 inputs) are longer than the windows (20): SASRec's positions
+    cover the chunks, its serving signature takes the windows."""
+    config = config_for(tmp_path, "--sequence-length", "30", "--model", "sasrec",
                         "--baseline-model", "mean_pool_two_tower",
                         "--model-config", '{"embedding_dim": 16, "tied_item_embeddings": true}')
     local.run(config)
@@ -168,10 +169,13 @@ def test_sequence_layout_trains_next_item_models_on_chunks(tmp_path):
     assert stats["sequence_labels"] == stats["examples"]["train"]
     statistics = one(f"{root}/StatisticsGen/statistics/*")
     assert not os.path.exists(f"{statistics}/Split-train_sequences")
-    layouts = {name: json.load(open(one(f"{root}/{name}/model/*/Format-Serving/assets.extra/"
-                                        "training.json")))["layout"]
-               for name in ("Trainer", "BaselineTrainer")}
-    assert layouts == {"Trainer": "sequences", "BaselineTrainer": "sequence_windows"}
+    training = {name: json.load(open(one(f"{root}/{name}/model/*/Format-Serving/assets.extra/"
+                                         "training.json")))
+                for name in ("Trainer", "BaselineTrainer")}
+    assert {name: t["layout"] for name, t in training.items()} == {
+        "Trainer": "sequences", "BaselineTrainer": "sequence_windows"}
+    assert training["Trainer"]["example_spec"]["history_length"] == 20
+    assert training["Trainer"]["example_spec"]["max_positions"] == 30
     # Checkpoints are kept only while a Trainer runs.
     assert not glob.glob(f"{root}/checkpoints/*")
     report = json.load(open(one(f"{root}/RetrievalEvaluator/evaluation/*/metrics.json")))
