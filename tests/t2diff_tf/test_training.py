@@ -3,6 +3,7 @@ sequence layout's batches, and kill-and-resume."""
 
 import json
 import os
+import re
 import socket
 import signal
 import subprocess
@@ -290,7 +291,7 @@ KILLED_RUN = textwrap.dedent("""
     spec, window = F.SequenceSpec(12), WindowConfig(F.ExampleSpec(12))
     data = synthetic_arrays(SyntheticConfig(num_users=120, num_items=60, num_clusters=4),
                             window, sequences=spec)
-    config = TrainConfig(epochs=4, batch_size=32, verbose=0, early_stopping_patience=0,
+    config = TrainConfig(epochs=4, batch_size=32, verbose=2, early_stopping_patience=0,
                          checkpoint_dir=sys.argv[1])
     model, history = fit(lambda: build_model("sasrec", {"embedding_dim": 8},
                                              num_items=data.num_items,
@@ -324,6 +325,10 @@ def test_a_killed_run_resumes_after_its_last_epoch(tmp_path):
     # The same command continues at the third epoch, with the optimizer's state restored.
     assert [int(e) for _, e, _ in started] == [2, 3]
     assert int(started[0][2]) == steps_done
+    # Keras's progress line counts an epoch's steps, not every step since the run began.
+    steps_of_epoch_2 = str(int(started[1][2]) - steps_done)
+    counts = re.findall(r"^(\d+)/(\d+) - ", resumed.stdout, re.MULTILINE)
+    assert counts == [(steps_of_epoch_2, steps_of_epoch_2)] * 2, resumed.stdout[-2000:]
     history = _result(resumed.stdout)
     assert len(history["val_recall@20"]) == 4 and len(history["loss"]) == 4
 
