@@ -289,7 +289,9 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
         train = arrays_dataset(data["train"], train_config.batch_size,
                                train_config.shuffle_buffer, seed)
     start = time.perf_counter()
-    model, history = fit(build, train, arrays_dataset(data["validation"], 512), train_config)
+    # Arrays, not a dataset: a sequence model ranks them in order of history length, its
+    # batches trimmed of shared left padding (``M.evaluate``).
+    model, history = fit(build, train, data["validation"], train_config)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = M.evaluate(model, data["test"], ks=(2, 10, 20, 100), num_bootstrap=1000, seed=seed)

@@ -196,6 +196,25 @@ def sequence_as_window(chunks: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     return {HISTORY: items[:, :-1], TARGET: items[:, -1]}
 
 
+def trim_window_padding(features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """A batch of windows with the leading columns that are padding in every row dropped, but
+    one: the per-behaviour features (``history``, its time lags and sessions) ``[batch, L]`` ->
+    ``[batch, min(L, longest + 1)]``; the rest unchanged.
+
+    One padding column is kept so that a tower that drops the oldest column (BERT4Rec's
+    ``concat(history[:, 1:], [MASK])``) drops padding, as it does on the full window. A tower
+    whose output does not depend on how much left padding a window has (every model that
+    trains on trimmed chunks) then gives the same embeddings at a fraction of the cost when
+    the batch's histories are short.
+    """
+    history = features[HISTORY]
+    width = tf.shape(history)[1]
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(history != PADDING_ID, tf.int32), axis=1))
+    start = width - tf.minimum(longest + 1, width)
+    return {name: value[:, start:] if name in SEQUENCE_FEATURES else value
+            for name, value in features.items()}
+
+
 def int64_example(values: Mapping[str, Union[int, Sequence[int]]], user_id: str
                   ) -> tf.train.Example:
     """A ``tf.train.Example`` of int64 features (an int or a list each) and the ``user_id``

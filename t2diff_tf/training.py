@@ -469,7 +469,9 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
       build: makes the model (e.g. ``lambda: build_model(name, cfg, num_items=N)``).
       train: batched training dicts (``read_examples`` / ``arrays_dataset`` for windows,
         ``read_sequences`` / ``sequence_arrays_dataset`` for sequence chunks).
-      validation: batched validation dicts, or ``None`` to train ``epochs`` without selection.
+      validation: batched validation dicts, a dict of validation arrays (ranked by
+        :func:`t2diff_tf.metrics.evaluate` in batches of 256, sorted by history length for a
+        sequence model), or ``None`` to train ``epochs`` without selection.
       config: optimisation, selection and checkpoint settings.
       callbacks: extra Keras callbacks (called after the validation ranking: their epoch-end
         logs hold the ``val_*`` metrics; e.g. ``t2diff_tf.progress.TrainingProgress``).

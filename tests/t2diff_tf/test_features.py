@@ -39,3 +39,20 @@ def test_model_example_spec_covers_chunks_longer_than_the_windows():
     assert windows.positions == 50
     with pytest.raises(ValueError, match="max_positions"):
         F.ExampleSpec(history_length=50, max_positions=20)
+
+
+def test_trim_window_padding_keeps_one_shared_padding_column():
+    history = tf.constant([[0, 0, 0, 0, 5, 6], [0, 0, 0, 7, 8, 9]], tf.int64)
+    features = {F.HISTORY: history, F.HISTORY_TIME_LAG: history * 10,
+                F.HISTORY_SESSION: history - 1, F.SESSION_LENGTH: tf.constant([2, 3], tf.int64),
+                F.SEEN_ITEMS: tf.constant([[0, 0, 5, 6, 1, 2], [0, 7, 8, 9, 3, 4]], tf.int64)}
+    trimmed = F.trim_window_padding(features)
+    np.testing.assert_array_equal(trimmed[F.HISTORY], [[0, 0, 5, 6], [0, 7, 8, 9]])
+    np.testing.assert_array_equal(trimmed[F.HISTORY_TIME_LAG], [[0, 0, 50, 60], [0, 70, 80, 90]])
+    np.testing.assert_array_equal(trimmed[F.HISTORY_SESSION], [[-1, -1, 4, 5], [-1, 6, 7, 8]])
+    # Features that are not per behaviour are left alone.
+    np.testing.assert_array_equal(trimmed[F.SEEN_ITEMS], features[F.SEEN_ITEMS])
+    np.testing.assert_array_equal(trimmed[F.SESSION_LENGTH], [2, 3])
+    # A full row keeps every column.
+    full = F.trim_window_padding({F.HISTORY: tf.constant([[1, 2, 3]], tf.int64)})
+    assert full[F.HISTORY].shape == (1, 3)

@@ -138,3 +138,26 @@ def test_sequence_models_train_on_chunks_longer_than_their_windows(name):
     windows = _windows(n=5)
     queries = model.query_embeddings({n: tf.constant(windows[n]) for n in F.QUERY_FEATURES})
     assert queries.shape[0] == 5 and np.all(np.isfinite(queries.numpy()))
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_sequence_models_rank_alike_with_shared_padding_trimmed(name):
+    """``evaluate`` sorts a sequence model's windows by history length and trims each batch's
+    shared left padding: every user's rank is the one the full windows give, in input order."""
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(name, CONFIGS[name], num_items=NUM_ITEMS, item_features=GENRES,
+                        item_frequencies=np.full(NUM_ITEMS + 1, 1.0 / NUM_ITEMS),
+                        example_spec=SPEC)
+    windows = _windows(n=48, seed=3)
+    windows[F.HISTORY][:20, :-3] = 0  # short histories, so batches of them trim
+    windows[F.HISTORY_TIME_LAG][:20, :-3] = 0
+    windows[F.HISTORY_SESSION][:20, :-3] = F.PADDING_SESSION
+    full = evaluate(model, windows, ks=(5,), num_bootstrap=0, batch_size=16, trim_padding=False)
+    trimmed = evaluate(model, windows, ks=(5,), num_bootstrap=0, batch_size=16)
+    np.testing.assert_array_equal(trimmed.ranks, full.ranks)
+    np.testing.assert_array_equal(trimmed.groups, windows[F.USER_ID])
+    query = {n: tf.constant(windows[n][:20]) for n in F.QUERY_FEATURES}
+    short = F.trim_window_padding(query)
+    assert short[F.HISTORY].shape[1] == 4  # three items and one column of padding
+    np.testing.assert_allclose(model.query_embeddings(short).numpy(),
+                               model.query_embeddings(query).numpy(), rtol=1e-4, atol=1e-5)
