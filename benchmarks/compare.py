@@ -5,7 +5,7 @@
 
 Aligns the two runs' per-user test ranks by ``user_id`` and prints, for each metric, the
 difference ``A - B`` with a paired percentile bootstrap interval over users (one draw of users
-serves both runs). Two runs whose own intervals overlap can still differ beyond noise; an
+serves both runs), beside each side's own value and interval. Two runs whose own intervals overlap can still differ beyond noise; an
 interval of the difference above 0 says A beats B at that level. Runs written before the harness
 recorded ``test_ranks`` cannot be compared: run them again. The interval covers the test users'
 sampling only, not training noise: compare runs of several seeds (``--seed``, ``--seed-b``) to
@@ -17,7 +17,8 @@ Several seeds a side: ``RESULTS_A`` (and ``RESULTS_B``) may list files separated
 ``--seed`` (``--seed-b``) seeds separated by commas, paired in order (a single file or seed
 serves every run of its side). Each user's metric is then the mean over that side's runs, and the
 interval is the paired bootstrap over users of the seed-averaged difference: the comparison of
-two configurations over their training seeds, each run on the same test users::
+two configurations over their training seeds, each run on the same test users (each side's own
+interval is then that of its seed average)::
 
     python benchmarks/compare.py T2DIFF.json "T2Diff" \
         SASREC_SEED0.json,SASREC_SEED1.json,SASREC_SEED2.json "SASRec" --seed 0 --seed-b 0,1,2
@@ -35,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t2diff_tf.metrics import paired_difference, ranking_metrics  # noqa: E402
+from t2diff_tf.metrics import bootstrap_interval, paired_difference, ranking_metrics  # noqa: E402
 
 METRICS = ("recall@10", "recall@20", "mrr@20", "ndcg@10")
 
@@ -122,6 +123,10 @@ def compare(a, b, num_resamples: int = 1000, seed: int = 0,
         difference, low, high = paired_difference(per_a[name], per_b[name], users,
                                                   num_resamples, seed=seed)
         out[name] = {"a": float(per_a[name].mean()), "b": float(per_b[name].mean()),
+                     "a_interval": list(bootstrap_interval(per_a[name], users, num_resamples,
+                                                           seed=seed)),
+                     "b_interval": list(bootstrap_interval(per_b[name], users, num_resamples,
+                                                           seed=seed)),
                      "difference": difference, "interval": [low, high],
                      "a_per_seed": [float(m[name].mean()) for m in per_run[:len(runs_a)]],
                      "b_per_seed": [float(m[name].mean()) for m in per_run[len(runs_a):]]}
@@ -175,7 +180,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
     for name in METRICS:
         r = result[name]
         low, high = r["interval"]
-        print(f"| {name} | {r['a']:.4f} | {r['b']:.4f} | {r['difference']:+.4f} "
+        a = f"{r['a']:.4f} [{r['a_interval'][0]:.4f}, {r['a_interval'][1]:.4f}]"
+        b = f"{r['b']:.4f} [{r['b_interval'][0]:.4f}, {r['b_interval'][1]:.4f}]"
+        print(f"| {name} | {a} | {b} | {r['difference']:+.4f} "
               f"[{low:+.4f}, {high:+.4f}] | {', '.join(f'{v:.4f}' for v in r['a_per_seed'])} | "
               f"{', '.join(f'{v:.4f}' for v in r['b_per_seed'])} |")
     return result

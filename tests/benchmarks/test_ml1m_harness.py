@@ -113,6 +113,8 @@ def test_paired_comparison_of_two_runs(results_path, tmp_path, capsys):
         low, high = r["interval"]
         assert r["difference"] == pytest.approx(r["a"] - r["b"])
         assert low <= r["difference"] <= high
+        # Each side's own interval is the one its run reported (the same bootstrap).
+        assert r["a_interval"] == pytest.approx(t2diff["intervals"][name], abs=1e-9)
     assert "| recall@20 |" in capsys.readouterr().out
     # A run against itself differs by exactly nothing.
     same = compare.main([results_path, "T2Diff, T = 10", results_path, "T2Diff, T = 10"])
