@@ -5,8 +5,9 @@
 
 Aligns the two runs' per-user test ranks by ``user_id`` and prints, for each metric, the
 difference ``A - B`` with a paired percentile bootstrap interval over users (one draw of users
-serves both runs), beside each side's own value and interval. Two runs whose own intervals overlap can still differ beyond noise; an
-interval of the difference above 0 says A beats B at that level. Runs written before the harness
+serves both runs), beside each side's own value and interval. Two runs whose own intervals
+overlap can still differ beyond noise; an interval of the difference above 0 says A beats B at
+that level. Runs written before the harness
 recorded ``test_ranks`` cannot be compared: run them again. The interval covers the test users'
 sampling only, not training noise: compare runs of several seeds (``--seed``, ``--seed-b``) to
 see that. ``--seen-excluded`` compares the ranks with each user's seen items dropped from the

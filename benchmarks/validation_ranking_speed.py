@@ -2,8 +2,9 @@
 trimming the left padding that a batch's windows share.
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/validation_ranking_speed.py \
-        [--data-dir ../shared/data/ml-1m] [--model sasrec] [--model-config '{"embedding_dim": 128}'] \
-        [--history-length 200] [--repeats 3] [--output benchmarks/results/validation_ranking_speed.json]
+        [--data-dir ../shared/data/ml-1m] [--model sasrec] \
+        [--model-config '{"embedding_dim": 128}'] [--history-length 200] [--repeats 3] \
+        [--output benchmarks/results/validation_ranking_speed.json]
 
 The windows are random item ids with the history lengths of ML-1M's leave-one-out validation
 windows (each user's items but the last two, capped at ``L``) when the data is at
@@ -50,6 +51,7 @@ def history_lengths(data_dir: str, history_length: int, users: int, seed: int) -
 
 
 def windows(lengths: np.ndarray, history_length: int, num_items: int, seed: int):
+    """Left-padded windows ``[users, L]`` of random items with the given history lengths."""
     rng = np.random.default_rng(seed)
     n = len(lengths)
     history = np.zeros([n, history_length], np.int64)
