@@ -19,6 +19,8 @@ Names:
   diffusion that generates the target's embedding.
 * ``"fit"`` -- :class:`~t2diff_tf.models.fit.FIT` (:class:`FITConfig`), meta queries and a
   lightweight similarity scorer (late interaction; ``score_corpus`` ranks exactly).
+* ``"hstu"`` -- :class:`~t2diff_tf.models.hstu.HSTU` (:class:`HSTUConfig`), pointwise attention
+  with a relative position bias, cosine scores.
 * ``"mamba4rec"`` -- :class:`~t2diff_tf.models.mamba4rec.Mamba4Rec` (:class:`Mamba4RecConfig`),
   selective state-space layers.
 * ``"contrast_vae"`` -- :class:`~t2diff_tf.models.contrast_vae.ContrastVAE`
@@ -45,6 +47,7 @@ from t2diff_tf.models.contrast_vae import ContrastVAE, ContrastVAEConfig
 from t2diff_tf.models.dat import DAT, DATConfig
 from t2diff_tf.models.diffurec import DiffuRec, DiffuRecConfig
 from t2diff_tf.models.fit import FIT, FITConfig
+from t2diff_tf.models.hstu import HSTU, HSTUConfig
 from t2diff_tf.models.mamba4rec import Mamba4Rec, Mamba4RecConfig
 from t2diff_tf.models.sequential import GRU4Rec, SASRec, SequentialConfig
 from t2diff_tf.models.stosa import STOSA, STOSAConfig
@@ -97,6 +100,9 @@ MODELS: Dict[str, RegisteredModel] = {
     "fit": RegisteredModel(
         FITConfig, lambda config, **data: FIT(config, **data),
         "FIT: meta-query interests + lightweight similarity scorer (late interaction)"),
+    "hstu": RegisteredModel(
+        HSTUConfig, lambda config, **data: HSTU(config, **data),
+        "HSTU: pointwise (SiLU) causal attention, next item at every position, cosine scores"),
     "mamba4rec": RegisteredModel(
         Mamba4RecConfig, lambda config, **data: Mamba4Rec(config, **data),
         "Mamba4Rec: selective state-space (Mamba) layers, next item at every position"),

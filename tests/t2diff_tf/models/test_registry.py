@@ -32,6 +32,7 @@ CONFIGS = {
     "diffurec": {"embedding_dim": 8, "sampler": "deterministic"},
     "fit": {"embedding_dim": 8},
     "mamba4rec": {"embedding_dim": 8, "state_dim": 4},
+    "hstu": {"embedding_dim": 8, "num_blocks": 2, "linear_dim": 4, "attention_dim": 4},
     "contrast_vae": {"embedding_dim": 8},
     "stosa": {"embedding_dim": 8},
 }
@@ -90,7 +91,8 @@ def test_registered_model_trains_ranks_and_serves(name, tmp_path):
     np.testing.assert_allclose(served, e_u, rtol=1e-4, atol=1e-5)
 
 
-SEQUENCE_MODELS = ("bert4rec", "contrast_vae", "gru4rec", "mamba4rec", "sasrec", "stosa")
+SEQUENCE_MODELS = ("bert4rec", "contrast_vae", "gru4rec", "hstu", "mamba4rec", "sasrec",
+                   "stosa")
 
 
 def test_the_models_that_learn_every_position_say_so():

@@ -1,0 +1,155 @@
+"""HSTU blocks: pointwise (SiLU) causal attention with a relative position bias.
+
+Zhai et al., "Actions Speak Louder than Words: Trillion-Parameter Sequential Transducers for
+Generative Recommendations", ICML 2024 (the Hierarchical Sequential Transduction Unit). One block
+over ``x [batch, L, d]``::
+
+    u, v, q, k = split(SiLU(LN(x) @ W_uvqk))     # u, v: [batch, L, H * linear_dim]
+    A = SiLU(q k^T + bias(i - j)) / max_length     # per head: [batch, H, L, L], causal, masked
+    x = x + Dense(Dropout(u * LN(A v)))
+
+The attention weights are not normalised over the keys (no softmax): a position's output grows
+with the number of behaviours it attends to, which the paper argues keeps the intensity of a
+user's engagement. They are divided by the fixed ``max_length`` (the reference divides by its
+padded length, also fixed), so a batch trimmed of left padding gives the same outputs as the
+full-width one.
+
+The relative bias here is the positional one (one weight per offset ``i - j``, shared by the
+heads, a table per block). HSTU's reference adds a bias for the bucketed time gap between the
+next behaviour and each attended one; our window examples carry no per-behaviour timestamps, so
+that part is not implemented.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import tensorflow as tf
+
+
+@tf.keras.utils.register_keras_serializable(package="t2diff")
+class RelativePositionBias(tf.keras.layers.Layer):
+    """A learned scalar per relative offset: ``bias[i, j] = w[j - i + max_length - 1]``.
+
+    Call arguments:
+      length: ``L <= max_length``, a scalar.
+
+    Returns:
+      ``[L, L]``; the bias of query ``i`` attending to key ``j``. It depends on ``i - j`` only,
+      so it is the same for left-padded and trimmed sequences.
+    """
+
+    def __init__(self, max_length: int, **kwargs):
+        super().__init__(**kwargs)
+        self.max_length = int(max_length)
+
+    def build(self, input_shape=None):
+        self.offsets = self.add_weight(
+            name="offsets", shape=[2 * self.max_length - 1],
+            initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
+        super().build(input_shape)
+
+    def call(self, length: tf.Tensor) -> tf.Tensor:
+        positions = tf.range(length)
+        offset = positions[None, :] - positions[:, None] + self.max_length - 1
+        return tf.gather(self.offsets, offset)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "max_length": self.max_length}
+
+
+@tf.keras.utils.register_keras_serializable(package="t2diff")
+class HSTUEncoder(tf.keras.layers.Layer):
+    """Learned positions (counted from the oldest behaviour), then HSTU blocks.
+
+    Args:
+      max_length: the longest sequence; the attention's divisor and the tables' size.
+      num_blocks: HSTU blocks.
+      num_heads: attention heads ``H``.
+      linear_dim: per-head width of ``u`` and ``v``.
+      attention_dim: per-head width of ``q`` and ``k``.
+      dropout: on the inputs and before each block's output projection.
+
+    Call arguments:
+      inputs: ``[batch, L, d]`` behaviour vectors, left-padded (oldest first), ``L <= max_length``.
+      mask: ``[batch, L]`` bool, ``True`` on valid positions.
+      training: enables dropout.
+
+    Returns:
+      ``[batch, L, d]``; position ``t`` depends on behaviours ``<= t`` only; padded rows are 0.
+    """
+
+    def __init__(self, max_length: int, num_blocks: int = 8, num_heads: int = 2,
+                 linear_dim: int = 25, attention_dim: int = 25, dropout: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.max_length = int(max_length)
+        self.num_blocks = int(num_blocks)
+        self.num_heads = int(num_heads)
+        self.linear_dim = int(linear_dim)
+        self.attention_dim = int(attention_dim)
+        self.dropout = float(dropout)
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        heads, linear, attention = self.num_heads, self.linear_dim, self.attention_dim
+        self.positions = self.add_weight(
+            name="positions", shape=[self.max_length, dim],
+            initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
+        self.uvqk = [self.add_weight(
+            name=f"uvqk_{i}", shape=[dim, 2 * heads * (linear + attention)],
+            initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
+            for i in range(self.num_blocks)]
+        self.biases = [RelativePositionBias(self.max_length, name=f"relative_bias_{i}")
+                       for i in range(self.num_blocks)]
+        self.input_norms = [tf.keras.layers.LayerNormalization(epsilon=1e-6)
+                            for _ in range(self.num_blocks)]
+        self.output_norms = [tf.keras.layers.LayerNormalization(epsilon=1e-6)
+                             for _ in range(self.num_blocks)]
+        self.projections = [tf.keras.layers.Dense(dim, name=f"output_{i}")
+                            for i in range(self.num_blocks)]
+        self.block_dropout = tf.keras.layers.Dropout(self.dropout)
+        self.input_dropout = tf.keras.layers.Dropout(self.dropout)
+        super().build(input_shape)
+
+    def call(self, inputs: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+        length = tf.shape(inputs)[1]
+        tf.debugging.assert_less_equal(length, self.max_length,
+                                       message="sequence longer than max_length")
+        keep = tf.cast(mask, inputs.dtype)[..., None]
+        # Index of each valid behaviour from the sequence's oldest one (padding takes 0, then 0s).
+        index = tf.maximum(tf.cumsum(tf.cast(mask, tf.int32), axis=1) - 1, 0)
+        x = (inputs + tf.gather(self.positions, index)) * keep
+        x = self.input_dropout(x, training=training)
+        causal = tf.linalg.band_part(tf.ones([length, length], inputs.dtype), -1, 0)
+        # [batch, 1, L, L]: query i may use key j <= i when j is a behaviour.
+        attend = (causal[None] * tf.cast(mask, inputs.dtype)[:, None, :])[:, None]
+        for i in range(self.num_blocks):
+            x = x + self._block(i, x, attend, length, training)
+            x = x * keep
+        return x
+
+    def _block(self, i: int, x: tf.Tensor, attend: tf.Tensor, length: tf.Tensor,
+               training: bool) -> tf.Tensor:
+        """One HSTU block's residual branch, ``[batch, L, d]``."""
+        heads, linear, attention = self.num_heads, self.linear_dim, self.attention_dim
+        batch = tf.shape(x)[0]
+        projected = tf.nn.silu(tf.einsum("bld,de->ble", self.input_norms[i](x), self.uvqk[i]))
+        u, v, q, k = tf.split(projected, [heads * linear, heads * linear,
+                                          heads * attention, heads * attention], axis=-1)
+
+        def per_head(t, width):  # [batch, L, H * w] -> [batch, H, L, w]
+            return tf.transpose(tf.reshape(t, [batch, length, heads, width]), [0, 2, 1, 3])
+
+        scores = tf.einsum("bhid,bhjd->bhij", per_head(q, attention), per_head(k, attention))
+        weights = tf.nn.silu(scores + self.biases[i](length)[None, None])
+        weights = weights / float(self.max_length) * attend
+        mixed = tf.einsum("bhij,bhjd->bhid", weights, per_head(v, linear))
+        mixed = tf.reshape(tf.transpose(mixed, [0, 2, 1, 3]), [batch, length, heads * linear])
+        gated = u * self.output_norms[i](mixed)
+        return self.projections[i](self.block_dropout(gated, training=training))
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "max_length": self.max_length,
+                "num_blocks": self.num_blocks, "num_heads": self.num_heads,
+                "linear_dim": self.linear_dim, "attention_dim": self.attention_dim,
+                "dropout": self.dropout}
