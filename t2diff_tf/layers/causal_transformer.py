@@ -15,6 +15,13 @@ POSITIONS_FROM_FIRST = "first"
 POSITION_ORIGINS = (POSITIONS_FROM_LAST, POSITIONS_FROM_FIRST)
 
 
+def index_from_oldest(mask: tf.Tensor) -> tf.Tensor:
+    """``[batch, L]`` int32: each valid behaviour's index counted from the sequence's oldest
+    one (0, 1, ...) in a left-padded ``[batch, L]`` bool mask; padding takes 0 (callers zero
+    it). The same for a row however much left padding it has."""
+    return tf.maximum(tf.cumsum(tf.cast(mask, tf.int32), axis=1) - 1, 0)
+
+
 @tf.keras.utils.register_keras_serializable(package="t2diff")
 class CausalTransformer(tf.keras.layers.Layer):
     """Transformer blocks where position ``t`` attends to positions ``<= t`` only.
@@ -121,10 +128,7 @@ class CausalTransformer(tf.keras.layers.Layer):
         """``[1 or batch, L, d]`` positional embeddings for a left-padded ``[batch, L]`` mask."""
         if self.position_origin == POSITIONS_FROM_LAST:
             return self.positions[None, -length:, :]
-        # Index of each valid behaviour from the sequence's oldest one: 0, 1, ...; padding
-        # takes 0 (it is zeroed right after).
-        index = tf.maximum(tf.cumsum(tf.cast(mask, tf.int32), axis=1) - 1, 0)
-        return tf.gather(self.positions, index)
+        return tf.gather(self.positions, index_from_oldest(mask))
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "max_length": self.max_length,

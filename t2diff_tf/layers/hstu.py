@@ -26,6 +26,8 @@ from typing import Any, Dict
 
 import tensorflow as tf
 
+from t2diff_tf.layers.causal_transformer import index_from_oldest
+
 
 @tf.keras.utils.register_keras_serializable(package="t2diff")
 class RelativePositionBias(tf.keras.layers.Layer):
@@ -107,8 +109,8 @@ class HSTUEncoder(tf.keras.layers.Layer):
                              for _ in range(self.num_blocks)]
         self.projections = [tf.keras.layers.Dense(dim, name=f"output_{i}")
                             for i in range(self.num_blocks)]
-        self.block_dropout = tf.keras.layers.Dropout(self.dropout)
-        self.input_dropout = tf.keras.layers.Dropout(self.dropout)
+        self.input_dropout, self.block_dropout = (tf.keras.layers.Dropout(self.dropout)
+                                                  for _ in range(2))
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -116,9 +118,7 @@ class HSTUEncoder(tf.keras.layers.Layer):
         tf.debugging.assert_less_equal(length, self.max_length,
                                        message="sequence longer than max_length")
         keep = tf.cast(mask, inputs.dtype)[..., None]
-        # Index of each valid behaviour from the sequence's oldest one (padding takes 0, then 0s).
-        index = tf.maximum(tf.cumsum(tf.cast(mask, tf.int32), axis=1) - 1, 0)
-        x = (inputs + tf.gather(self.positions, index)) * keep
+        x = (inputs + tf.gather(self.positions, index_from_oldest(mask))) * keep
         x = self.input_dropout(x, training=training)
         causal = tf.linalg.band_part(tf.ones([length, length], inputs.dtype), -1, 0)
         # [batch, 1, L, L]: query i may use key j <= i when j is a behaviour.

@@ -28,7 +28,7 @@ import dataclasses
 from t2diff_tf.layers.hstu import HSTUEncoder
 from t2diff_tf.layers.next_item_loss import NextItemLossConfig
 from t2diff_tf.models.config import DictConfig
-from t2diff_tf.models.sequential import NextItemModel
+from t2diff_tf.models.sequential import NextItemModel, check_next_item_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +66,7 @@ class HSTUConfig(DictConfig):
     normalize: bool = True
 
     def __post_init__(self):
-        if isinstance(self.loss, dict):
-            object.__setattr__(self, "loss", NextItemLossConfig(**self.loss))
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.embedding_stddev <= 0:
-            raise ValueError(f"embedding_stddev must be > 0, got {self.embedding_stddev}")
+        check_next_item_settings(self)
         for name in ("num_blocks", "num_heads", "linear_dim", "attention_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -28,6 +28,17 @@ from t2diff_tf.models.config import DictConfig
 from t2diff_tf.layers.next_item_loss import NextItemLoss, NextItemLossConfig
 
 
+def check_next_item_settings(config) -> None:
+    """For a frozen config's ``__post_init__``: turns a dict ``loss`` (from JSON) into its
+    :class:`NextItemLossConfig` and checks ``temperature`` and ``embedding_stddev``."""
+    if isinstance(config.loss, dict):
+        object.__setattr__(config, "loss", NextItemLossConfig(**config.loss))
+    if config.temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {config.temperature}")
+    if config.embedding_stddev <= 0:
+        raise ValueError(f"embedding_stddev must be > 0, got {config.embedding_stddev}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SequentialConfig(DictConfig):
     """Hyperparameters of :class:`SASRec` and :class:`GRU4Rec`.
@@ -71,14 +82,9 @@ class SequentialConfig(DictConfig):
     position_origin: str = POSITIONS_FROM_LAST
 
     def __post_init__(self):
-        if isinstance(self.loss, dict):
-            object.__setattr__(self, "loss", NextItemLossConfig(**self.loss))
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        check_next_item_settings(self)
         if self.block not in BLOCK_STYLES:
             raise ValueError(f"block must be one of {BLOCK_STYLES}, got {self.block!r}")
-        if self.embedding_stddev <= 0:
-            raise ValueError(f"embedding_stddev must be > 0, got {self.embedding_stddev}")
         if self.position_origin not in POSITION_ORIGINS:
             raise ValueError(f"position_origin must be one of {POSITION_ORIGINS}, "
                              f"got {self.position_origin!r}")

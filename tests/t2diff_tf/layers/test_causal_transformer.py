@@ -6,42 +6,25 @@ import tensorflow as tf
 
 from t2diff_tf.layers.causal_transformer import (BLOCK_STYLES, POSITION_ORIGINS,
                                                  CausalTransformer)
+from tests.t2diff_tf.layers.causal_encoder_checks import (
+    assert_padded_positions_do_not_leak_and_are_zero, assert_position_t_ignores_later_positions,
+    sequences)
 from tests.t2diff_tf.layers.initial_weights import assert_random_weights_start_apart
-
-
-def _inputs(batch=3, length=7, dim=8):
-    x = tf.random.normal([batch, length, dim], seed=1)
-    mask = tf.constant([[False, False, True, True, True, True, True],
-                        [True] * 7,
-                        [False] * 5 + [True, True]])
-    return x, mask
 
 
 @pytest.mark.parametrize("origin", POSITION_ORIGINS)
 @pytest.mark.parametrize("block", BLOCK_STYLES)
 def test_position_t_ignores_later_positions(block, origin):
-    layer = CausalTransformer(max_length=7, num_blocks=2, num_heads=2, dropout=0.0, block=block,
-                              position_origin=origin)
-    x, mask = _inputs()
-    base = layer(x, mask=mask).numpy()
-    changed = tf.concat([x[:, :4], x[:, 4:] + 5.0], axis=1)
-    out = layer(changed, mask=mask).numpy()
-    np.testing.assert_allclose(out[:, :4], base[:, :4], atol=1e-5)
-    assert not np.allclose(out[:, 4:], base[:, 4:])
+    assert_position_t_ignores_later_positions(CausalTransformer(
+        max_length=7, num_blocks=2, num_heads=2, dropout=0.0, block=block,
+        position_origin=origin))
 
 
 @pytest.mark.parametrize("origin", POSITION_ORIGINS)
 @pytest.mark.parametrize("block", BLOCK_STYLES)
 def test_padded_positions_do_not_leak_and_are_zero(block, origin):
-    layer = CausalTransformer(max_length=7, num_blocks=2, dropout=0.0, block=block,
-                              position_origin=origin)
-    x, mask = _inputs()
-    base = layer(x, mask=mask).numpy()
-    noisy = tf.where(mask[..., None], x, x + 100.0)
-    out = layer(noisy, mask=mask).numpy()
-    valid = mask.numpy()
-    np.testing.assert_allclose(out[valid], base[valid], atol=1e-5)
-    assert np.all(out[~valid] == 0.0)
+    assert_padded_positions_do_not_leak_and_are_zero(CausalTransformer(
+        max_length=7, num_blocks=2, dropout=0.0, block=block, position_origin=origin))
 
 
 def test_config_round_trip():
@@ -59,7 +42,7 @@ def test_config_round_trip():
 def _positions_only(origin):
     """No blocks: the output is ``LN(x + position) * keep``, the positional term alone."""
     layer = CausalTransformer(max_length=7, num_blocks=0, dropout=0.0, position_origin=origin)
-    x, mask = _inputs()
+    x, mask = sequences()
     out = layer(x, mask=mask).numpy()
     return layer, x, mask, out
 
@@ -99,7 +82,7 @@ def test_sasrec_block_matches_the_reference_formula():
     """One block of SASRec's reference code: ``q = LN(x); x = q + MHA(q, k=v=x); x = LN(x);
     x += FFN(x)``, then the final LayerNorm; padded positions zeroed."""
     layer = CausalTransformer(max_length=7, num_blocks=1, dropout=0.0, block="sasrec")
-    x, mask = _inputs()
+    x, mask = sequences()
     out = layer(x, mask=mask).numpy()
     keep = tf.cast(mask, tf.float32)[..., None]
     h = (x + layer.positions[None]) * keep

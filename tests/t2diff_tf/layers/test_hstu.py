@@ -4,14 +4,9 @@ import numpy as np
 import tensorflow as tf
 
 from t2diff_tf.layers.hstu import HSTUEncoder, RelativePositionBias
-
-
-def _inputs(batch=3, length=7, dim=8):
-    x = tf.random.normal([batch, length, dim], seed=1)
-    mask = tf.constant([[False, False, True, True, True, True, True],
-                        [True] * 7,
-                        [False] * 5 + [True, True]])
-    return x, mask
+from tests.t2diff_tf.layers.causal_encoder_checks import (
+    assert_padded_positions_do_not_leak_and_are_zero, assert_position_t_ignores_later_positions,
+    sequences)
 
 
 def _layer_norm(x, eps=1e-6):
@@ -61,31 +56,20 @@ def test_one_block_matches_its_closed_form():
 
 
 def test_position_t_ignores_later_positions():
-    layer = HSTUEncoder(max_length=7, num_blocks=2, num_heads=2, linear_dim=4, attention_dim=4,
-                        dropout=0.0)
-    x, mask = _inputs()
-    base = layer(x, mask=mask).numpy()
-    changed = tf.concat([x[:, :4], x[:, 4:] + 5.0], axis=1)
-    out = layer(changed, mask=mask).numpy()
-    np.testing.assert_allclose(out[:, :4], base[:, :4], atol=1e-5)
-    assert not np.allclose(out[:, 4:], base[:, 4:])
+    assert_position_t_ignores_later_positions(HSTUEncoder(
+        max_length=7, num_blocks=2, num_heads=2, linear_dim=4, attention_dim=4, dropout=0.0))
 
 
 def test_padded_positions_do_not_leak_and_are_zero():
-    layer = HSTUEncoder(max_length=7, num_blocks=2, linear_dim=4, attention_dim=4, dropout=0.0)
-    x, mask = _inputs()
-    base = layer(x, mask=mask).numpy()
-    out = layer(tf.where(mask[..., None], x, x + 100.0), mask=mask).numpy()
-    valid = mask.numpy()
-    np.testing.assert_allclose(out[valid], base[valid], atol=1e-5)
-    assert np.all(out[~valid] == 0.0)
+    assert_padded_positions_do_not_leak_and_are_zero(HSTUEncoder(
+        max_length=7, num_blocks=2, linear_dim=4, attention_dim=4, dropout=0.0))
 
 
 def test_trimmed_left_padding_gives_the_same_outputs():
     """Attention is divided by the fixed ``max_length`` and biased by offsets only, so dropping
     shared left padding changes nothing for the valid positions."""
     layer = HSTUEncoder(max_length=9, num_blocks=2, linear_dim=4, attention_dim=4, dropout=0.0)
-    x, mask = _inputs()
+    x, mask = sequences()
     full = layer(x, mask=mask).numpy()
     rows = [0, 2]  # both start with two padded positions
     trimmed = layer(tf.gather(x, rows)[:, 2:], mask=tf.gather(mask, rows)[:, 2:]).numpy()
