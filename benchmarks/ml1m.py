@@ -37,7 +37,10 @@ import tensorflow as tf  # noqa: E402
 
 from components.preprocessing import readers  # noqa: E402
 from components.preprocessing.config import LEAVE_ONE_OUT, TRAIN_SEQUENCES, USER_HOLDOUT, ProtocolConfig, WindowConfig  # noqa: E402
-from components.preprocessing.transforms import STATS_FILE, PreprocessConfig, run_preprocessing, split_dir  # noqa: E402
+import shutil  # noqa: E402
+
+from components.preprocessing.schema import read_schema  # noqa: E402
+from components.preprocessing.transforms import SCHEMA_FILE, STATS_FILE, PreprocessConfig, run_preprocessing, split_dir  # noqa: E402
 from components.preprocessing.vocabulary import ItemFeatures, Vocabulary  # noqa: E402
 from t2diff_tf import features as F  # noqa: E402
 from t2diff_tf import metrics as M  # noqa: E402
@@ -115,7 +118,13 @@ def preprocess(data_dir: str, protocol: str, work_dir: str, history_length: int,
         name += f"_seq{sequences.history_length}_c{sequences.max_chunks_per_user or 'all'}"
     out = os.path.join(work_dir, name)
     if os.path.exists(os.path.join(out, STATS_FILE)):
-        return out
+        cached = {f.name for f in read_schema(os.path.join(out, SCHEMA_FILE)).feature}
+        if cached == set(ExampleSpec(history_length).feature_spec()):
+            return out
+        # Written under an older window contract (e.g. before history_timestamps).
+        print(f"{out}: cached windows hold {sorted(cached)}, not the current contract's "
+              f"features; preprocessing again", flush=True)
+        shutil.rmtree(out)
     cap = max_train_windows if max_train_windows > 0 else None
     protocol_config = (ProtocolConfig(max_train_windows_per_user=cap) if protocol == LEAVE_ONE_OUT
                        else ProtocolConfig(name=USER_HOLDOUT, max_train_windows_per_user=cap or 10,
@@ -276,7 +285,8 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
         train = sequence_arrays_dataset(data[TRAIN_SEQUENCES], train_config.batch_size,
                                         train_config.shuffle_buffer, seed,
                                         num_buckets=train_config.length_buckets,
-                                        positions_per_batch=train_config.positions_per_batch)
+                                        positions_per_batch=train_config.positions_per_batch,
+                                        num_time_lag_buckets=example_spec.num_time_lag_buckets)
     elif TRAIN_SEQUENCES in data:
         # A per-target model: one window per chunk position, built as the preprocessing
         # built its windows (shape and session rule).

@@ -61,6 +61,7 @@ def random_windows(num: int, spec: F.ExampleSpec, num_items: int, session_size: 
         F.HISTORY_TIME_LAG: np.where(valid, rng.integers(1, spec.num_time_lag_buckets,
                                                          size=(num, L)), 0),
         F.HISTORY_SESSION: np.where(valid, 0, -1),
+        F.HISTORY_TIMESTAMPS: np.where(valid, np.cumsum(valid, axis=1), 0),
         F.SESSION_LENGTH: np.minimum(lengths, session_size),
         F.TARGET: rng.integers(1, num_items + 1, size=num),
     }

@@ -62,6 +62,7 @@ def windows(lengths: np.ndarray, history_length: int, num_items: int, seed: int)
             F.HISTORY: history,
             F.HISTORY_TIME_LAG: np.where(valid, 1, 0).astype(np.int64),
             F.HISTORY_SESSION: np.where(valid, 0, F.PADDING_SESSION).astype(np.int64),
+            F.HISTORY_TIMESTAMPS: np.where(valid, np.cumsum(valid, axis=1), 0),
             F.SESSION_LENGTH: np.minimum(lengths, 10).astype(np.int64),
             F.TARGET: rng.integers(1, num_items + 1, n).astype(np.int64)}
 

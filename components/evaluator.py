@@ -118,7 +118,9 @@ class RemappedRetrievalModel:
                 F.HISTORY_SESSION: self._fit_length(
                     tf.cast(features[F.HISTORY_SESSION], tf.int64), F.PADDING_SESSION),
                 F.SESSION_LENGTH: tf.minimum(tf.cast(features[F.SESSION_LENGTH], tf.int64),
-                                             self._old_length)}
+                                             self._old_length),
+                F.HISTORY_TIMESTAMPS: self._fit_length(
+                    tf.cast(features[F.HISTORY_TIMESTAMPS], tf.int64), 0)}
 
     def score_corpus(self, features) -> tf.Tensor:
         queries = self.model.query_embeddings(self.query_features(features))

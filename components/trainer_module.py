@@ -133,7 +133,8 @@ def run_fn(fn_args) -> None:
         train = read_sequences(chunks, written.sequences, train_config.batch_size,
                                train_config.shuffle_buffer, train_config.seed,
                                num_buckets=train_config.length_buckets,
-                               positions_per_batch=train_config.positions_per_batch)
+                               positions_per_batch=train_config.positions_per_batch,
+                               num_time_lag_buckets=spec.num_time_lag_buckets)
     elif written.sequences is not None:
         layout = SEQUENCE_WINDOWS
         train = read_sequence_windows(chunks, written.sequences, written.window.sequence_windows(),

@@ -12,6 +12,10 @@ feature              dtype     shape   meaning
                                        (0 on padding; see :func:`time_lag_bucket`)
 ``history_session``  int64     [L]     session index counted back from the target
                                        (0 = the most recent session, -1 on padding)
+``history_timestamps`` int64   [L]     seconds since the epoch of each behaviour, or its
+                                       step index in the user's log when the log has no
+                                       time (0 on padding): gaps between any two behaviours
+                                       follow (HSTU's time bias reads them)
 ``session_length``   int64     []      length of the most recent session (<= L)
 ``target``           int64     []      the next item id (1..N)
 ``target_timestamp`` int64     []      seconds since the epoch, 0 when the log has no time
@@ -44,7 +48,8 @@ feature                  dtype     shape     meaning
 Validation and test targets are never inside a training chunk (``components/preprocessing/
 sequences.py`` cuts the chunks; a test checks all of ML-1M). :func:`sequence_as_window` turns a
 batch of chunks into the window features (``history`` = the first ``L`` items, ``target`` = the
-last), so a next-item model trains on either layout with the same code.
+last, and the inputs' timestamps and time lags to the last), so a next-item model trains on
+either layout with the same code.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ USER_ID = "user_id"
 HISTORY = "history"
 HISTORY_TIME_LAG = "history_time_lag"
 HISTORY_SESSION = "history_session"
+HISTORY_TIMESTAMPS = "history_timestamps"
 SESSION_LENGTH = "session_length"
 TARGET = "target"
 TARGET_TIMESTAMP = "target_timestamp"
@@ -72,10 +78,11 @@ SEEN_ITEMS = "seen_items"
 PADDING_ID = 0
 PADDING_SESSION = -1
 
-SEQUENCE_FEATURES = (HISTORY, HISTORY_TIME_LAG, HISTORY_SESSION)
+SEQUENCE_FEATURES = (HISTORY, HISTORY_TIME_LAG, HISTORY_SESSION, HISTORY_TIMESTAMPS)
 SCALAR_FEATURES = (SESSION_LENGTH, TARGET, TARGET_TIMESTAMP)
 # Features a user tower may read (the target and its timestamp are labels, never inputs).
-QUERY_FEATURES = (HISTORY, HISTORY_TIME_LAG, HISTORY_SESSION, SESSION_LENGTH)
+QUERY_FEATURES = (HISTORY, HISTORY_TIME_LAG, HISTORY_SESSION, SESSION_LENGTH,
+                  HISTORY_TIMESTAMPS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,20 +192,36 @@ def model_example_spec(example: ExampleSpec, sequences: Optional[SequenceSpec]) 
     return dataclasses.replace(example, max_positions=sequences.history_length)
 
 
-def sequence_as_window(chunks: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+def sequence_as_window(chunks: Dict[str, tf.Tensor],
+                       num_time_lag_buckets: int = ExampleSpec.num_time_lag_buckets
+                       ) -> Dict[str, tf.Tensor]:
     """A batch of chunks ``{sequence_items: [batch, l + 1], ...}`` as next-item features.
 
     Returns ``history`` = ``sequence_items[:, :-1]`` ``[batch, l]`` and ``target`` = the last
     item ``[batch]``: the labels of a next-item model's every position are then
-    ``concat(history[:, 1:], target)``, exactly the chunk shifted by one.
+    ``concat(history[:, 1:], target)``, exactly the chunk shifted by one. When the chunks carry
+    ``sequence_timestamps``, also the inputs' ``history_timestamps`` ``[batch, l]`` and their
+    ``history_time_lag`` to the last item (:func:`time_lag_buckets`, 0 on padding), as a window
+    whose target is the chunk's last item holds them. A chunk's other positions' gaps follow
+    from ``history_timestamps``.
     """
     items = tf.cast(chunks[SEQUENCE_ITEMS], tf.int64)
-    return {HISTORY: items[:, :-1], TARGET: items[:, -1]}
+    window = {HISTORY: items[:, :-1], TARGET: items[:, -1]}
+    if SEQUENCE_TIMESTAMPS in chunks:
+        times = tf.cast(chunks[SEQUENCE_TIMESTAMPS], tf.int64)
+        valid = tf.not_equal(window[HISTORY], PADDING_ID)
+        none = tf.zeros_like(window[HISTORY])
+        gaps = tf.maximum(times[:, -1:] - times[:, :-1], 0)
+        window[HISTORY_TIMESTAMPS] = tf.where(valid, times[:, :-1], none)
+        window[HISTORY_TIME_LAG] = tf.where(valid, time_lag_buckets(gaps, num_time_lag_buckets),
+                                            none)
+    return window
 
 
 def trim_window_padding(features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     """A batch of windows with the leading columns that are padding in every row dropped, but
-    one: the per-behaviour features (``history``, its time lags and sessions) ``[batch, L]`` ->
+    one: the per-behaviour features (``history``, its time lags, sessions and timestamps)
+    ``[batch, L]`` ->
     ``[batch, min(L, longest + 1)]``; the rest unchanged.
 
     One padding column is kept so that a tower that drops the oldest column (BERT4Rec's
@@ -240,6 +263,7 @@ def query_input_specs(spec: ExampleSpec) -> Dict[str, tf.TensorSpec]:
         HISTORY_TIME_LAG: tf.TensorSpec([None, length], tf.int64, name=HISTORY_TIME_LAG),
         HISTORY_SESSION: tf.TensorSpec([None, length], tf.int64, name=HISTORY_SESSION),
         SESSION_LENGTH: tf.TensorSpec([None], tf.int64, name=SESSION_LENGTH),
+        HISTORY_TIMESTAMPS: tf.TensorSpec([None, length], tf.int64, name=HISTORY_TIMESTAMPS),
     }
 
 

@@ -22,6 +22,8 @@ in the batch), exactly as a next-item model's early positions do.
 * ``history_session``: under the last-k rule (``session_k``) ``(s[p-1] - s[j]) // k`` with
   ``s`` the chunk's step indices; under the time-gap rule (``session_k=None``)
   ``s[p-1] - s[j]`` with ``s`` the session numbers; -1 on padding;
+* ``history_timestamps``: ``timestamps[p - W .. p - 1]`` (seconds, or step indices), 0 on
+  padding;
 * ``session_length``: the number of behaviours in session 0;
 * ``target``: ``items[p]``.
 
@@ -90,7 +92,8 @@ def chunk_windows(chunks: Dict[str, tf.Tensor], config: SequenceWindowConfig
       config: window shape and session rule.
 
     Returns:
-      ``{history, history_time_lag, history_session: [P, W], session_length, target: [P]}``
+      ``{history, history_time_lag, history_session, history_timestamps: [P, W],
+      session_length, target: [P]}``
       (int64) for the ``P`` positions whose item and previous item are valid, in chunk order.
     """
     W = config.window_length
@@ -123,4 +126,5 @@ def chunk_windows(chunks: Dict[str, tf.Tensor], config: SequenceWindowConfig
                                                                          tf.int64)))
     session_length = tf.reduce_sum(tf.cast(tf.equal(session, 0), tf.int64), axis=1)
     return {F.HISTORY: history, F.HISTORY_TIME_LAG: lags, F.HISTORY_SESSION: session,
+            F.HISTORY_TIMESTAMPS: tf.where(valid, history_times, tf.zeros_like(history_times)),
             F.SESSION_LENGTH: session_length, F.TARGET: target}

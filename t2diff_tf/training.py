@@ -194,7 +194,9 @@ def _trim_left_padding(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
 
 def batch_sequences(dataset: tf.data.Dataset, batch_size: int, num_buckets: int = 1,
                     max_length: Optional[int] = None,
-                    positions_per_batch: Optional[int] = None) -> tf.data.Dataset:
+                    positions_per_batch: Optional[int] = None,
+                    num_time_lag_buckets: int = F.ExampleSpec.num_time_lag_buckets
+                    ) -> tf.data.Dataset:
     """Unbatched chunk dicts -> batches of chunks (of similar lengths with several buckets),
     left padding trimmed, as next-item features (``history`` ``[batch, l]``, ``target``
     ``[batch]``; see :func:`t2diff_tf.features.sequence_as_window`).
@@ -227,34 +229,42 @@ def batch_sequences(dataset: tf.data.Dataset, batch_size: int, num_buckets: int 
     dataset = dataset.group_by_window(
         bucket, lambda key, chunks: chunks.batch(chunks_per_batch(key)),
         window_size_func=chunks_per_batch)
-    return dataset.map(lambda b: F.sequence_as_window(_trim_left_padding(b)),
+    return dataset.map(lambda b: F.sequence_as_window(_trim_left_padding(b),
+                                                      num_time_lag_buckets),
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def read_sequences(file_patterns: Union[str, Sequence[str]], spec: F.SequenceSpec,
                    batch_size: int, shuffle_buffer: int = 0, seed: int = 0,
                    num_buckets: int = 1,
-                   positions_per_batch: Optional[int] = None) -> tf.data.Dataset:
+                   positions_per_batch: Optional[int] = None,
+                   num_time_lag_buckets: int = F.ExampleSpec.num_time_lag_buckets
+                   ) -> tf.data.Dataset:
     """Gzipped sequence-chunk TFRecords (``Split-train_sequences``) -> batches
-    of next-item features (see :func:`batch_sequences`)."""
+    of next-item features (see :func:`batch_sequences`; ``num_time_lag_buckets``: the
+    windows' ``ExampleSpec``'s)."""
     dataset = _serialized_records(file_patterns, shuffle_buffer, seed)
     dataset = dataset.map(lambda s: spec.parse(s[None], with_user_id=False),
                           num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     return batch_sequences(dataset, batch_size, num_buckets, spec.chunk_length,
-                           positions_per_batch)
+                           positions_per_batch, num_time_lag_buckets)
 
 
 def sequence_arrays_dataset(arrays: Arrays, batch_size: int, shuffle_buffer: int = 0,
                             seed: int = 0, num_buckets: int = 1,
-                            positions_per_batch: Optional[int] = None) -> tf.data.Dataset:
+                            positions_per_batch: Optional[int] = None,
+                            num_time_lag_buckets: int = F.ExampleSpec.num_time_lag_buckets
+                            ) -> tf.data.Dataset:
     """In-memory chunk arrays (``inmemory.chunks_to_arrays``) -> batches of
     next-item features (see :func:`batch_sequences`)."""
-    names = (F.SEQUENCE_ITEMS, F.SEQUENCE_LENGTH)
+    names = tuple(n for n in (F.SEQUENCE_ITEMS, F.SEQUENCE_TIMESTAMPS, F.SEQUENCE_LENGTH)
+                  if n in arrays)
     dataset = tf.data.Dataset.from_tensor_slices({n: arrays[n] for n in names})
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return batch_sequences(dataset, batch_size, num_buckets,
-                           int(arrays[F.SEQUENCE_ITEMS].shape[1]), positions_per_batch)
+                           int(arrays[F.SEQUENCE_ITEMS].shape[1]), positions_per_batch,
+                           num_time_lag_buckets)
 
 
 def windows_from_chunks(chunks: tf.data.Dataset, config: SequenceWindowConfig,

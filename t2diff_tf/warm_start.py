@@ -127,6 +127,8 @@ def dummy_batch(spec: F.ExampleSpec, num_items: int, batch_size: int = 2
             F.HISTORY_TIME_LAG: tf.ones([batch_size, length], tf.int64),
             F.HISTORY_SESSION: tf.zeros([batch_size, length], tf.int64),
             F.SESSION_LENGTH: tf.fill([batch_size], tf.constant(min(length, 2), tf.int64)),
+            F.HISTORY_TIMESTAMPS: tf.tile(tf.range(length, dtype=tf.int64)[None],
+                                          [batch_size, 1]),
             F.TARGET: tf.constant(np.arange(batch_size) % max(1, num_items) + 1, tf.int64)}
 
 

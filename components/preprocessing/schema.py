@@ -40,6 +40,9 @@ def window_schema(spec: ExampleSpec, num_items: Optional[int] = None) -> schema_
         "log2 bucket of the gap to the target (seconds, or steps without time); 0 = padding")
     add(F.HISTORY_SESSION, schema_pb2.INT, L, F.PADDING_SESSION, L,
         "session index counted back from the target; -1 = padding")
+    add(F.HISTORY_TIMESTAMPS, schema_pb2.INT, L, 0, None,
+        "each behaviour's time, seconds since the epoch (its step index in the user's log "
+        "without time); 0 = padding")
     add(F.SESSION_LENGTH, schema_pb2.INT, 0, 0, L, "length of the most recent session")
     add(F.TARGET, schema_pb2.INT, 0, 1, max_item, "the next item id")
     add(F.TARGET_TIMESTAMP, schema_pb2.INT, 0, 0, None, "seconds since the epoch; 0 = unknown")

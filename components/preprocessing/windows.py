@@ -81,9 +81,11 @@ def make_window(user: str, items: Sequence[int], timestamps: Optional[Sequence[i
     if timestamps is not None:
         t_target = timestamps[target_pos]
         lags = [config.example.time_lag_bucket(t_target - timestamps[j]) for j in positions]
+        times = [int(timestamps[j]) for j in positions]
         target_ts = int(t_target)
     else:
         lags = [config.example.time_lag_bucket(target_pos - j) for j in positions]
+        times = list(positions)  # step indices
         target_ts = 0
 
     return {
@@ -91,6 +93,7 @@ def make_window(user: str, items: Sequence[int], timestamps: Optional[Sequence[i
         F.HISTORY: [F.PADDING_ID] * pad + [int(items[j]) for j in positions],
         F.HISTORY_TIME_LAG: [0] * pad + lags,
         F.HISTORY_SESSION: [F.PADDING_SESSION] * pad + sess,
+        F.HISTORY_TIMESTAMPS: [0] * pad + times,
         F.SESSION_LENGTH: session_length,
         F.TARGET: int(items[target_pos]),
         F.TARGET_TIMESTAMP: target_ts,
@@ -254,9 +257,11 @@ def window_arrays(user: Union[str, Sequence[str]], items: Sequence[int],
     if timestamps is not None:
         times = np.asarray(timestamps, np.int64)
         gaps = times[positions][:, None] - times[safe]
+        history_times = times[safe]
         target_times = times[positions]
     else:
         gaps = positions[:, None] - index
+        history_times = index - first[:, None]  # step indices in each user's log
         target_times = np.zeros_like(positions)
     backwards = valid & (gaps < 0)
     if backwards.any():
@@ -267,6 +272,7 @@ def window_arrays(user: Union[str, Sequence[str]], items: Sequence[int],
     lags = np.where(valid, time_lag_buckets(np.maximum(gaps, 0), window.example.num_time_lag_buckets),
                     0)
     return {F.HISTORY: history, F.HISTORY_TIME_LAG: lags, F.HISTORY_SESSION: session,
+            F.HISTORY_TIMESTAMPS: np.where(valid, history_times, 0),
             F.SESSION_LENGTH: session_length, F.TARGET: ids[positions],
             F.TARGET_TIMESTAMP: target_times}
 

@@ -1,23 +1,31 @@
-"""HSTU blocks: pointwise (SiLU) causal attention with a relative position bias.
+"""HSTU blocks: pointwise (SiLU) causal attention with relative position and time biases.
 
 Zhai et al., "Actions Speak Louder than Words: Trillion-Parameter Sequential Transducers for
 Generative Recommendations", ICML 2024 (the Hierarchical Sequential Transduction Unit). One block
 over ``x [batch, L, d]``::
 
     u, v, q, k = split(SiLU(LN(x) @ W_uvqk))     # u, v: [batch, L, H * linear_dim]
-    A = SiLU(q k^T + bias(i - j)) / max_length     # per head: [batch, H, L, L], causal, masked
+    A = SiLU(q k^T + bias(i, j)) / divisor(i)      # per head: [batch, H, L, L], causal, masked
     x = x + Dense(Dropout(u * LN(A v)))
 
 The attention weights are not normalised over the keys (no softmax): a position's output grows
 with the number of behaviours it attends to, which the paper argues keeps the intensity of a
-user's engagement. They are divided by the fixed ``max_length`` (the reference divides by its
-padded length, also fixed), so a batch trimmed of left padding gives the same outputs as the
-full-width one.
+user's engagement. ``attention_normalization`` chooses the divisor:
 
-The relative bias here is the positional one (one weight per offset ``i - j``, shared by the
-heads, a table per block). HSTU's reference adds a bias for the bucketed time gap between the
-next behaviour and each attended one; our window examples carry no per-behaviour timestamps, so
-that part is not implemented.
+* ``"max_length"`` (the reference's): the fixed ``max_length`` (the reference divides by its
+  padded length, also fixed);
+* ``"visible_keys"`` (the TensorFlow reimplementation's, NetEase-Media/HSTU-Tensorflow, which
+  reports it helps on ML-1M): the number of behaviours query ``i`` attends to, ``i``'s valid
+  keys ``j <= i``.
+
+Either way a batch trimmed of left padding gives the same outputs as the full-width one.
+
+The relative bias (shared by the heads, tables per block) is positional, one weight per offset
+``i - j``, plus, with ``num_time_buckets``, HSTU's time bias: one weight per bucket of the gap
+between query ``i``'s next behaviour and key ``j`` (the caller buckets the gaps; see
+:func:`t2diff_tf.models.hstu.next_behaviour_time_buckets`)::
+
+    bias(i, j) = w_position[j - i] + w_time[bucket(t_{i+1} - t_j)]
 """
 
 from __future__ import annotations
@@ -27,6 +35,10 @@ from typing import Any, Dict
 import tensorflow as tf
 
 from t2diff_tf.layers.causal_transformer import index_from_oldest
+
+MAX_LENGTH = "max_length"
+VISIBLE_KEYS = "visible_keys"
+ATTENTION_NORMALIZATIONS = (MAX_LENGTH, VISIBLE_KEYS)
 
 
 @tf.keras.utils.register_keras_serializable(package="t2diff")
@@ -61,6 +73,34 @@ class RelativePositionBias(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="t2diff")
+class RelativeTimeBias(tf.keras.layers.Layer):
+    """A learned scalar per time-gap bucket: ``bias[b, i, j] = w[buckets[b, i, j]]``.
+
+    Call arguments:
+      buckets: ``[batch, L, L]`` int, each in ``0..num_buckets - 1``.
+
+    Returns:
+      ``[batch, L, L]`` float32.
+    """
+
+    def __init__(self, num_buckets: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_buckets = int(num_buckets)
+
+    def build(self, input_shape=None):
+        self.buckets = self.add_weight(
+            name="buckets", shape=[self.num_buckets],
+            initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
+        super().build(input_shape)
+
+    def call(self, buckets: tf.Tensor) -> tf.Tensor:
+        return tf.gather(self.buckets, buckets)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "num_buckets": self.num_buckets}
+
+
+@tf.keras.utils.register_keras_serializable(package="t2diff")
 class HSTUEncoder(tf.keras.layers.Layer):
     """Learned positions (counted from the oldest behaviour), then HSTU blocks.
 
@@ -71,10 +111,15 @@ class HSTUEncoder(tf.keras.layers.Layer):
       linear_dim: per-head width of ``u`` and ``v``.
       attention_dim: per-head width of ``q`` and ``k``.
       dropout: on the inputs and before each block's output projection.
+      attention_normalization: ``"max_length"`` or ``"visible_keys"``, the divisor of the
+        attention weights (module docstring).
+      num_time_buckets: the time bias's buckets; 0: no time bias.
 
     Call arguments:
       inputs: ``[batch, L, d]`` behaviour vectors, left-padded (oldest first), ``L <= max_length``.
       mask: ``[batch, L]`` bool, ``True`` on valid positions.
+      time_buckets: ``[batch, L, L]`` int, the bucket of the gap from query ``i``'s next
+        behaviour to key ``j``; required with ``num_time_buckets``, else ignored.
       training: enables dropout.
 
     Returns:
@@ -82,8 +127,17 @@ class HSTUEncoder(tf.keras.layers.Layer):
     """
 
     def __init__(self, max_length: int, num_blocks: int = 8, num_heads: int = 2,
-                 linear_dim: int = 25, attention_dim: int = 25, dropout: float = 0.2, **kwargs):
+                 linear_dim: int = 25, attention_dim: int = 25, dropout: float = 0.2,
+                 attention_normalization: str = MAX_LENGTH, num_time_buckets: int = 0,
+                 **kwargs):
         super().__init__(**kwargs)
+        if attention_normalization not in ATTENTION_NORMALIZATIONS:
+            raise ValueError(f"attention_normalization must be one of "
+                             f"{ATTENTION_NORMALIZATIONS}, got {attention_normalization!r}")
+        self.attention_normalization = attention_normalization
+        if num_time_buckets < 0:
+            raise ValueError(f"num_time_buckets must be >= 0, got {num_time_buckets}")
+        self.num_time_buckets = int(num_time_buckets)
         self.max_length = int(max_length)
         self.num_blocks = int(num_blocks)
         self.num_heads = int(num_heads)
@@ -103,6 +157,8 @@ class HSTUEncoder(tf.keras.layers.Layer):
             for i in range(self.num_blocks)]
         self.biases = [RelativePositionBias(self.max_length, name=f"relative_bias_{i}")
                        for i in range(self.num_blocks)]
+        self.time_biases = [RelativeTimeBias(self.num_time_buckets, name=f"time_bias_{i}")
+                            for i in range(self.num_blocks if self.num_time_buckets else 0)]
         self.input_norms = [tf.keras.layers.LayerNormalization(epsilon=1e-6)
                             for _ in range(self.num_blocks)]
         self.output_norms = [tf.keras.layers.LayerNormalization(epsilon=1e-6)
@@ -113,7 +169,10 @@ class HSTUEncoder(tf.keras.layers.Layer):
                                                   for _ in range(2))
         super().build(input_shape)
 
-    def call(self, inputs: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def call(self, inputs: tf.Tensor, mask: tf.Tensor, time_buckets: tf.Tensor = None,
+             training: bool = False) -> tf.Tensor:
+        if self.num_time_buckets and time_buckets is None:
+            raise ValueError("an HSTUEncoder with num_time_buckets needs time_buckets")
         length = tf.shape(inputs)[1]
         tf.debugging.assert_less_equal(length, self.max_length,
                                        message="sequence longer than max_length")
@@ -121,15 +180,20 @@ class HSTUEncoder(tf.keras.layers.Layer):
         x = (inputs + tf.gather(self.positions, index_from_oldest(mask))) * keep
         x = self.input_dropout(x, training=training)
         causal = tf.linalg.band_part(tf.ones([length, length], inputs.dtype), -1, 0)
-        # [batch, 1, L, L]: query i may use key j <= i when j is a behaviour.
+        # [batch, 1, L, L]: 1 / divisor where query i may use key j (j <= i, j a behaviour),
+        # else 0.
         attend = (causal[None] * tf.cast(mask, inputs.dtype)[:, None, :])[:, None]
+        if self.attention_normalization == VISIBLE_KEYS:
+            attend /= tf.maximum(tf.reduce_sum(attend, axis=-1, keepdims=True), 1.0)
+        else:
+            attend /= float(self.max_length)
         for i in range(self.num_blocks):
-            x = x + self._block(i, x, attend, length, training)
+            x = x + self._block(i, x, attend, length, time_buckets, training)
             x = x * keep
         return x
 
     def _block(self, i: int, x: tf.Tensor, attend: tf.Tensor, length: tf.Tensor,
-               training: bool) -> tf.Tensor:
+               time_buckets: tf.Tensor, training: bool) -> tf.Tensor:
         """One HSTU block's residual branch, ``[batch, L, d]``."""
         heads, linear, attention = self.num_heads, self.linear_dim, self.attention_dim
         batch = tf.shape(x)[0]
@@ -141,8 +205,11 @@ class HSTUEncoder(tf.keras.layers.Layer):
             return tf.transpose(tf.reshape(t, [batch, length, heads, width]), [0, 2, 1, 3])
 
         scores = tf.einsum("bhid,bhjd->bhij", per_head(q, attention), per_head(k, attention))
-        weights = tf.nn.silu(scores + self.biases[i](length)[None, None])
-        weights = weights / float(self.max_length) * attend
+        bias = self.biases[i](length)[None, None]                          # [1, 1, L, L]
+        if self.time_biases:
+            bias += self.time_biases[i](time_buckets)[:, None]                 # [batch, 1, L, L]
+        weights = tf.nn.silu(scores + bias)
+        weights = weights * attend
         mixed = tf.einsum("bhij,bhjd->bhid", weights, per_head(v, linear))
         mixed = tf.reshape(tf.transpose(mixed, [0, 2, 1, 3]), [batch, length, heads * linear])
         gated = u * self.output_norms[i](mixed)
@@ -152,4 +219,5 @@ class HSTUEncoder(tf.keras.layers.Layer):
         return {**super().get_config(), "max_length": self.max_length,
                 "num_blocks": self.num_blocks, "num_heads": self.num_heads,
                 "linear_dim": self.linear_dim, "attention_dim": self.attention_dim,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "attention_normalization": self.attention_normalization,
+                "num_time_buckets": self.num_time_buckets}

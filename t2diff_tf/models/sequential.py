@@ -126,6 +126,12 @@ class NextItemModel(RetrievalModel):
         """``[batch, L, d]`` behaviour vectors -> ``[batch, L, d]`` states (causal)."""
         raise NotImplementedError
 
+    def window_states(self, features: Features, training: bool) -> tf.Tensor:
+        """``[batch, L, d]`` states of a batch of windows, from ``history`` alone by default.
+        A model whose encoder also reads the window's other per-behaviour features (HSTU's time
+        bias reads ``history_timestamps``) overrides it."""
+        return self._states(features[F.HISTORY], training)
+
     def candidate_embeddings(self, item_ids: tf.Tensor) -> tf.Tensor:
         """Item tower: ids ``[n]`` -> ``[n, d]``; the input vectors themselves when
         ``config.tied_item_embeddings``."""
@@ -140,16 +146,23 @@ class NextItemModel(RetrievalModel):
             return tf.math.l2_normalize(vectors, axis=-1)
         return vectors
 
-    def _states(self, history: tf.Tensor, training: bool) -> tf.Tensor:
+    def _behaviour_vectors(self, history: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """``history`` ``[batch, L]`` -> its item vectors ``[batch, L, d]`` (0 on padding) and
+        the valid mask ``[batch, L]``."""
+        history = tf.cast(history, tf.int64)
         mask = tf.not_equal(history, F.PADDING_ID)
         vectors = self.items(history) * tf.cast(mask, tf.float32)[..., None]
         if getattr(self.config, "scale_embeddings", False):
             vectors *= float(self.embedding_dim) ** 0.5
+        return vectors, mask
+
+    def _states(self, history: tf.Tensor, training: bool) -> tf.Tensor:
+        vectors, mask = self._behaviour_vectors(history)
         return self.encode(vectors, mask, training)
 
     def user_tower(self, features: Features, training: bool = False
                    ) -> Tuple[tf.Tensor, tf.Tensor]:
-        states = self._states(features[F.HISTORY], training)
+        states = self.window_states(features, training)
         return self._normalized(states[:, -1, :]), tf.constant(0.0)
 
     def compute_loss(self, features: Features, training: bool = False) -> tf.Tensor:
@@ -159,7 +172,7 @@ class NextItemModel(RetrievalModel):
         history = tf.cast(features[F.HISTORY], tf.int64)
         target = tf.cast(tf.reshape(features[F.TARGET], [-1, 1]), tf.int64)
         if self.config.all_positions:
-            states = self._states(history, training)
+            states = self.window_states(features, training)
             labels = tf.concat([history[:, 1:], target], axis=1)
             valid = tf.logical_and(tf.not_equal(history, F.PADDING_ID),
                                    tf.not_equal(labels, F.PADDING_ID))

@@ -23,7 +23,8 @@ the serialized searcher in ``scann_searcher/``. Nothing of the model's Python co
 
 **Input.** ``tf.Example`` windows in the layout of :mod:`t2diff_tf.features` (what the
 preprocessing writes per split; gzip or not): ``user_id`` and the ``QUERY_FEATURES``
-(``history``, ``history_time_lag``, ``history_session`` ``[L]``, ``session_length``); ``target``
+(``history``, ``history_time_lag``, ``history_session``, ``history_timestamps`` ``[L]``,
+``session_length``); ``target``
 is not read, ``target_timestamp`` is optional. A user with several windows is scored once, on
 the window with the latest ``target_timestamp`` (then the longer history, then the one read last,
 files in sorted order); the others are counted as ``superseded_by_later_window``. The input

@@ -107,6 +107,9 @@ def query_features_description(history_length: int, num_time_lag_buckets: int,
         "history_session": "per behaviour, the session index counted back from the latest "
                            "behaviour's session (0 = the most recent session); -1 on padding",
         "session_length": "the number of behaviours with history_session == 0",
+        "history_timestamps": "per behaviour, its time in seconds since the epoch (its step "
+                              "index in the user's log when the training log had no time); "
+                              "0 on padding",
     }
     if session is not None:
         description["session_rule"] = dict(session)

@@ -10,6 +10,7 @@ input                 dtype    shape
 ``history_time_lag``  int64    ``[None, L]``
 ``history_session``   int64    ``[None, L]``
 ``session_length``    int64    ``[None]``
+``history_timestamps`` int64   ``[None, L]``
 ====================  =======  ===========
 
 Signatures:
@@ -25,8 +26,8 @@ Signatures:
 
 Inputs are guarded before the model sees them (:func:`check_query_inputs`): item ids must lie in
 ``0..N`` (0 is padding; ids stay int64 until they are known to fit), time lags in
-``0..buckets-1``, sessions in ``-1..L``, session lengths in ``0..L``, and all four inputs must
-have the same batch size; a ``user_embedding`` must be finite. A violation fails the request
+``0..buckets-1``, sessions in ``-1..L``, session lengths in ``0..L``, timestamps ``>= 0``, and
+all five inputs must have the same batch size; a ``user_embedding`` must be finite. A violation fails the request
 with ``InvalidArgumentError`` naming the input, which TF Serving answers with HTTP 400. An
 empty batch answers an empty batch.
 """
@@ -117,7 +118,8 @@ def check_query_inputs(features: Mapping[str, tf.Tensor], spec: F.ExampleSpec,
     bounds = {F.HISTORY: (F.PADDING_ID, num_items),
               F.HISTORY_TIME_LAG: (0, spec.num_time_lag_buckets - 1),
               F.HISTORY_SESSION: (F.PADDING_SESSION, L),
-              F.SESSION_LENGTH: (0, L)}
+              F.SESSION_LENGTH: (0, L),
+              F.HISTORY_TIMESTAMPS: (0, None)}
     for name, (low, high) in bounds.items():
         value = features[name]
         checks.append(tf.debugging.assert_greater_equal(
@@ -183,9 +185,11 @@ class UserTowerModule(tf.Module):
             checked = check_query_inputs(features, spec, num_items)
             return {USER_EMBEDDING: _user_embedding(query, checked, embedding_dim)}
 
-        def serve(history, history_time_lag, history_session, session_length):
+        def serve(history, history_time_lag, history_session, session_length,
+                  history_timestamps):
             return embed({F.HISTORY: history, F.HISTORY_TIME_LAG: history_time_lag,
-                          F.HISTORY_SESSION: history_session, F.SESSION_LENGTH: session_length})
+                          F.HISTORY_SESSION: history_session, F.SESSION_LENGTH: session_length,
+                          F.HISTORY_TIMESTAMPS: history_timestamps})
 
         def serve_tf_examples(examples):
             return embed(dict(tf.io.parse_example(examples, parse_spec)))
@@ -234,10 +238,12 @@ class TopKModule(tf.Module):
         if user_tower is None:
             return
 
-        def serve(history, history_time_lag, history_session, session_length):
+        def serve(history, history_time_lag, history_session, session_length,
+                  history_timestamps):
             return self.outputs(user_tower.serve(
                 history=history, history_time_lag=history_time_lag,
-                history_session=history_session, session_length=session_length)[USER_EMBEDDING])
+                history_session=history_session, session_length=session_length,
+                history_timestamps=history_timestamps)[USER_EMBEDDING])
 
         def serve_tf_examples(examples):
             return self.outputs(user_tower.serve_tf_examples(examples)[USER_EMBEDDING])

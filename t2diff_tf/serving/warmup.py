@@ -78,6 +78,7 @@ def synthetic_query_features(spec: F.ExampleSpec, num_items: int, batch_size: in
     time_lag = np.zeros([batch_size, length], np.int64)
     session = np.full([batch_size, length], F.PADDING_SESSION, np.int64)
     session_length = np.zeros([batch_size], np.int64)
+    timestamps = np.zeros([batch_size, length], np.int64)
     for row in range(batch_size):
         valid = int(rng.integers(1, length + 1))
         history[row, length - valid:] = rng.integers(1, num_items + 1, valid)
@@ -88,8 +89,9 @@ def synthetic_query_features(spec: F.ExampleSpec, num_items: int, batch_size: in
         indices = np.searchsorted(breaks, ages, side="right")
         session[row, length - valid:] = indices
         session_length[row] = int(np.sum(indices == 0)) or 1
+        timestamps[row, length - valid:] = 1_000_000_000 - ages  # a second apart
     return {F.HISTORY: history, F.HISTORY_TIME_LAG: time_lag, F.HISTORY_SESSION: session,
-            F.SESSION_LENGTH: session_length}
+            F.SESSION_LENGTH: session_length, F.HISTORY_TIMESTAMPS: timestamps}
 
 
 def take_rows(features: Mapping[str, Any], rows: int) -> Mapping[str, np.ndarray]:

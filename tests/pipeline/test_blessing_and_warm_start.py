@@ -93,7 +93,8 @@ def test_serving_model_ranks_the_new_vocabulary_through_raw_ids(tmp_path):
         return {F.HISTORY: tf.constant([[0] * (5 - len(ids)) + ids], tf.int64),
                 F.HISTORY_TIME_LAG: tf.ones([1, 5], tf.int64),
                 F.HISTORY_SESSION: tf.zeros([1, 5], tf.int64),
-                F.SESSION_LENGTH: tf.constant([2], tf.int64)}
+                F.SESSION_LENGTH: tf.constant([2], tf.int64),
+                F.HISTORY_TIMESTAMPS: tf.zeros([1, 5], tf.int64)}
 
     history = ["c", "a", "e"]
     scores = remapped.score_corpus(query([new_ids[r] for r in history + ["z"]])).numpy()[0]

@@ -16,8 +16,8 @@ def _reference(values, user_id):
 
 def test_int64_example_writes_the_bytes_of_one_feature_per_list():
     values = {F.HISTORY: [0, 0, 5, 2 ** 40], F.HISTORY_TIME_LAG: [0, 0, 3, 31],
-              F.HISTORY_SESSION: [-1, -1, 1, 0], F.SESSION_LENGTH: 1, F.TARGET: np.int64(7),
-              F.TARGET_TIMESTAMP: 0}
+              F.HISTORY_SESSION: [-1, -1, 1, 0], F.HISTORY_TIMESTAMPS: [0, 0, 10, 20],
+              F.SESSION_LENGTH: 1, F.TARGET: np.int64(7), F.TARGET_TIMESTAMP: 0}
     got = F.int64_example(values, "user-ü").SerializeToString(deterministic=True)
     assert got == _reference(values, "user-ü").SerializeToString(deterministic=True)
     parsed = F.ExampleSpec(history_length=4).parse(tf.constant([got]))

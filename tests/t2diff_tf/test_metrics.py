@@ -113,6 +113,7 @@ def test_evaluate_with_a_known_model():
     data = {
         F.HISTORY: history, F.HISTORY_TIME_LAG: np.ones_like(history),
         F.HISTORY_SESSION: np.zeros_like(history), F.SESSION_LENGTH: np.array([2, 2, 3, 1]),
+        F.HISTORY_TIMESTAMPS: np.zeros_like(history),
         F.TARGET: np.array([3, 4, 1, 6]),
         F.USER_ID: np.array([b"a", b"b", b"c", b"d"]),
     }
@@ -143,6 +144,7 @@ def test_seen_items_beyond_the_window_are_excluded_too():
     data = {
         F.HISTORY: history, F.HISTORY_TIME_LAG: np.ones_like(history),
         F.HISTORY_SESSION: np.zeros_like(history), F.SESSION_LENGTH: np.array([1, 1]),
+        F.HISTORY_TIMESTAMPS: np.zeros_like(history),
         F.TARGET: np.array([5, 6]),
         F.USER_ID: np.array([b"a", b"b"]),
     }
@@ -174,8 +176,7 @@ class _FlipModel:
 
 def test_evaluate_traces_python_settings_anew_and_a_kept_ranker_reuses_its_trace():
     model = _FlipModel()
-    data = {name: np.zeros([2, 3], np.int64) for name in (F.HISTORY, F.HISTORY_TIME_LAG,
-                                                         F.HISTORY_SESSION)}
+    data = {name: np.zeros([2, 3], np.int64) for name in F.SEQUENCE_FEATURES}
     data.update({F.SESSION_LENGTH: np.zeros([2], np.int64), F.TARGET: np.array([5, 5])})
     assert M.evaluate(model, data, ks=(1,), num_bootstrap=0).metrics["recall@1"] == 1.0
     ranker = M.make_ranker(model)

@@ -110,7 +110,8 @@ def test_warm_started_model_answers_like_the_old_one_on_kept_items(tmp_path):
         return {F.HISTORY: tf.constant(history, tf.int64),
                 F.HISTORY_TIME_LAG: tf.ones([1, 6], tf.int64),
                 F.HISTORY_SESSION: tf.zeros([1, 6], tf.int64),
-                F.SESSION_LENGTH: tf.constant([3], tf.int64)}
+                F.SESSION_LENGTH: tf.constant([3], tf.int64),
+                F.HISTORY_TIMESTAMPS: tf.zeros([1, 6], tf.int64)}
 
     np.testing.assert_allclose(new.query_embeddings(query(new_history)),
                                old.query_embeddings(query(old_history)), rtol=1e-5, atol=1e-6)

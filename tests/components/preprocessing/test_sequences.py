@@ -100,6 +100,34 @@ def test_chunk_example_round_trips_through_the_spec():
     assert window[F.TARGET].numpy().tolist() == [7]
 
 
+@pytest.mark.parametrize("with_time", [False, True])
+def test_a_chunk_as_a_window_is_the_window_of_its_last_item(with_time):
+    """``sequence_as_window`` gives a next-item model the window the preprocessing writes for
+    the chunk's last item (``make_window`` with ``L`` = the chunk's inputs): its history,
+    their timestamps (or step indices) and their time lags to the target."""
+    from components.preprocessing.windows import make_window
+
+    L = 5
+    window = WindowConfig(ExampleSpec(history_length=L, num_time_lag_buckets=12))
+    rng = np.random.default_rng(5)
+    compared = 0
+    for user in range(20):
+        n = int(rng.integers(4, 30))
+        items = [int(i) for i in rng.integers(1, 20, size=n)]
+        times = (np.cumsum(rng.choice([0, 5, 60, 500, 10 ** 6], size=n)).tolist()
+                 if with_time else None)
+        chunks = list(user_chunks(str(user), items, times, window, LOO, SequenceSpec(L)))
+        batch = {name: tf.constant([c[name] for c in chunks], tf.int64)
+                 for name in F.CHUNK_FEATURES}
+        got = F.sequence_as_window(batch, num_time_lag_buckets=12)
+        for row, bounds in enumerate(chunk_bounds(n - 2, SequenceSpec(L))):
+            expected = make_window(str(user), items, times, bounds.stop - 1, window)
+            for name in (F.HISTORY, F.HISTORY_TIMESTAMPS, F.HISTORY_TIME_LAG, F.TARGET):
+                np.testing.assert_array_equal(got[name][row], expected[name], name)
+            compared += 1
+    assert compared >= 20
+
+
 def test_beam_writes_the_same_chunks_as_the_in_memory_path(tmp_path):
     log = synthetic.SyntheticConfig(num_users=120, num_items=80, num_clusters=4)
     spec = SequenceSpec(history_length=12)

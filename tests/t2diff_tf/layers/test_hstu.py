@@ -1,6 +1,7 @@
 """HSTU blocks: the block's closed form, causality, masking, trimming and serialisation."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from t2diff_tf.layers.hstu import HSTUEncoder, RelativePositionBias
@@ -28,15 +29,22 @@ def test_relative_bias_depends_on_the_offset_only():
                                           [1, 2, 3, 4]])
 
 
-def test_one_block_matches_its_closed_form():
-    """One block, two heads, all valid: the numpy formula of the module docstring."""
+@pytest.mark.parametrize("normalization, time_buckets", [
+    ("max_length", 0), ("visible_keys", 0), ("max_length", 6)])
+def test_one_block_matches_its_closed_form(normalization, time_buckets):
+    """One block, two heads, all valid: the numpy formula of the module docstring; query ``i``
+    sees ``i + 1`` behaviours; the time bias adds ``w_time[bucket[b, i, j]]``."""
     tf.keras.utils.set_random_seed(0)
     length, dim, heads, lin, att, max_length = 5, 6, 2, 3, 2, 9
     layer = HSTUEncoder(max_length, num_blocks=1, num_heads=heads, linear_dim=lin,
-                        attention_dim=att, dropout=0.0)
-    x = np.random.default_rng(0).normal(size=[2, length, dim]).astype(np.float32)
+                        attention_dim=att, dropout=0.0, attention_normalization=normalization,
+                        num_time_buckets=time_buckets)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=[2, length, dim]).astype(np.float32)
     mask = np.ones([2, length], bool)
-    out = layer(tf.constant(x), mask=tf.constant(mask)).numpy()
+    buckets = rng.integers(0, max(time_buckets, 1), size=[2, length, length])
+    out = layer(tf.constant(x), mask=tf.constant(mask),
+                time_buckets=tf.constant(buckets) if time_buckets else None).numpy()
 
     h = x + layer.positions.numpy()[:length]
     uvqk = _silu(_layer_norm(h) @ layer.uvqk[0].numpy())
@@ -44,11 +52,19 @@ def test_one_block_matches_its_closed_form():
     q, k = uvqk[..., 2 * heads * lin:2 * heads * lin + heads * att], uvqk[..., -heads * att:]
     w = layer.biases[0].offsets.numpy()
     bias = np.array([[w[j - i + max_length - 1] for j in range(length)] for i in range(length)])
+    if time_buckets:
+        layer.time_biases[0].buckets.assign(rng.normal(size=[time_buckets]).astype(np.float32))
+        out = layer(tf.constant(x), mask=tf.constant(mask), time_buckets=tf.constant(buckets))
+        out = out.numpy()
+        bias = bias + layer.time_biases[0].buckets.numpy()[buckets]  # [2, L, L]
+    bias = np.broadcast_to(bias, [2, length, length])
     causal = np.tril(np.ones([length, length]))
+    divisor = (max_length if normalization == "max_length"
+               else np.arange(1, length + 1, dtype=np.float32)[:, None])
     mixed = np.zeros([2, length, heads * lin], np.float32)
     for head in range(heads):
         qh, kh = q[..., head * att:(head + 1) * att], k[..., head * att:(head + 1) * att]
-        a = _silu(qh @ kh.transpose(0, 2, 1) + bias) / max_length * causal
+        a = _silu(qh @ kh.transpose(0, 2, 1) + bias) / divisor * causal
         mixed[..., head * lin:(head + 1) * lin] = a @ v[..., head * lin:(head + 1) * lin]
     kernel, offset = (t.numpy() for t in layer.projections[0].weights)
     expected = h + (u * _layer_norm(mixed)) @ kernel + offset
@@ -65,10 +81,47 @@ def test_padded_positions_do_not_leak_and_are_zero():
         max_length=7, num_blocks=2, linear_dim=4, attention_dim=4, dropout=0.0))
 
 
-def test_trimmed_left_padding_gives_the_same_outputs():
-    """Attention is divided by the fixed ``max_length`` and biased by offsets only, so dropping
-    shared left padding changes nothing for the valid positions."""
-    layer = HSTUEncoder(max_length=9, num_blocks=2, linear_dim=4, attention_dim=4, dropout=0.0)
+def test_visible_keys_divides_by_the_behaviours_each_query_sees():
+    """With padding: a query's divisor counts its valid keys only, so a sequence's outputs do
+    not depend on how much left padding it has (the one-row case: trimming a row's own
+    padding)."""
+    layer = HSTUEncoder(max_length=9, num_blocks=2, linear_dim=4, attention_dim=4, dropout=0.0,
+                        attention_normalization="visible_keys")
+    x, mask = sequences()
+    full = layer(x, mask=mask).numpy()
+    alone = layer(x[2:, 5:], mask=mask[2:, 5:]).numpy()  # row 2 without its 5 padded positions
+    np.testing.assert_allclose(alone[0], full[2, 5:], atol=1e-5)
+
+
+def test_time_bias_needs_its_buckets_and_ignores_masked_pairs():
+    """Buckets of pairs a query may not attend to (later keys, padding) change nothing."""
+    layer = HSTUEncoder(max_length=9, num_blocks=2, linear_dim=4, attention_dim=4, dropout=0.0,
+                        num_time_buckets=5)
+    x, mask = sequences()
+    with pytest.raises(ValueError, match="time_buckets"):
+        layer(x, mask=mask)
+    rng = np.random.default_rng(1)
+    buckets = rng.integers(0, 5, size=[3, 7, 7])
+    base = layer(x, mask=mask, time_buckets=tf.constant(buckets)).numpy()
+    attended = np.tril(np.ones([7, 7], bool))[None] & mask.numpy()[:, None, :]
+    other = np.where(attended, buckets, rng.integers(0, 5, size=buckets.shape))
+    out = layer(x, mask=mask, time_buckets=tf.constant(other)).numpy()
+    np.testing.assert_allclose(out, base, atol=1e-5)
+    changed = np.where(attended, (buckets + 1) % 5, buckets)
+    assert not np.allclose(layer(x, mask=mask, time_buckets=tf.constant(changed)).numpy(), base)
+
+
+def test_normalization_must_be_known():
+    with pytest.raises(ValueError, match="attention_normalization"):
+        HSTUEncoder(max_length=9, attention_normalization="softmax")
+
+
+@pytest.mark.parametrize("normalization", ["max_length", "visible_keys"])
+def test_trimmed_left_padding_gives_the_same_outputs(normalization):
+    """Attention is divided by a count that padding does not change and biased by offsets
+    only, so dropping shared left padding changes nothing for the valid positions."""
+    layer = HSTUEncoder(max_length=9, num_blocks=2, linear_dim=4, attention_dim=4, dropout=0.0,
+                        attention_normalization=normalization)
     x, mask = sequences()
     full = layer(x, mask=mask).numpy()
     rows = [0, 2]  # both start with two padded positions
@@ -78,7 +131,8 @@ def test_trimmed_left_padding_gives_the_same_outputs():
 
 def test_config_round_trip():
     layer = HSTUEncoder(max_length=7, num_blocks=3, num_heads=2, linear_dim=5, attention_dim=3,
-                        dropout=0.1)
+                        dropout=0.1, attention_normalization="visible_keys", num_time_buckets=4)
     clone = HSTUEncoder.from_config(layer.get_config())
     assert (clone.max_length, clone.num_blocks, clone.num_heads, clone.linear_dim,
-            clone.attention_dim, clone.dropout) == (7, 3, 2, 5, 3, 0.1)
+            clone.attention_dim, clone.dropout, clone.attention_normalization,
+            clone.num_time_buckets) == (7, 3, 2, 5, 3, 0.1, "visible_keys", 4)

@@ -29,6 +29,7 @@ class OrderTask:
         self.targets = list(targets)
         self.data = {F.HISTORY: history, F.HISTORY_TIME_LAG: np.ones_like(history),
                      F.HISTORY_SESSION: np.zeros_like(history),
+                     F.HISTORY_TIMESTAMPS: np.cumsum(history > 0, axis=1),
                      F.SESSION_LENGTH: np.full(n, len(first), np.int64),
                      F.TARGET: np.array(next_items, np.int64)}
         # One window of each order.

@@ -29,6 +29,7 @@ def _batch():
             F.HISTORY_TIME_LAG: tf.constant(np.where(valid, 1, 0)),
             F.HISTORY_SESSION: tf.constant(np.where(valid, 0, -1)),
             F.SESSION_LENGTH: tf.constant([4, 6, 1, 3], tf.int64),
+            F.HISTORY_TIMESTAMPS: tf.constant(np.where(valid, np.cumsum(valid, axis=1), 0)),
             F.TARGET: tf.constant([9, 8, 2, 3], tf.int64)}
 
 
@@ -234,6 +235,7 @@ def test_dat_learns_a_tiny_task_and_its_augmented_vectors_mimic():
     history = np.stack(rows)
     data = {F.HISTORY: history, F.HISTORY_TIME_LAG: (history > 0).astype(np.int64),
             F.HISTORY_SESSION: np.where(history > 0, 0, -1),
+            F.HISTORY_TIMESTAMPS: np.zeros_like(history),
             F.SESSION_LENGTH: (history > 0).sum(1), F.TARGET: np.array(targets, np.int64)}
     model = DAT(DATConfig(embedding_dim=16, user_tower_units=(32,), item_tower_units=(32,),
                           loss=LossConfig(temperature=0.1)),

@@ -23,6 +23,7 @@ def _batch():
     return {F.HISTORY: tf.constant(history),
             F.HISTORY_TIME_LAG: tf.ones_like(history), F.HISTORY_SESSION: tf.zeros_like(history),
             F.SESSION_LENGTH: tf.constant([4, 6, 1], tf.int64),
+            F.HISTORY_TIMESTAMPS: tf.zeros_like(history),
             F.TARGET: tf.constant([9, 8, 1], tf.int64)}
 
 
@@ -291,6 +292,7 @@ def test_evaluate_ranks_by_score_corpus():
     history = np.array([[0, 1, 2], [0, 2, 3], [1, 2, 4]])
     data = {F.HISTORY: history, F.HISTORY_TIME_LAG: np.ones_like(history),
             F.HISTORY_SESSION: np.zeros_like(history), F.SESSION_LENGTH: np.array([2, 2, 3]),
+            F.HISTORY_TIMESTAMPS: np.zeros_like(history),
             F.TARGET: np.array([3, 4, 5])}
     result = evaluate(_ScoringModel(), data, ks=(1,), num_bootstrap=0)
     assert result["recall@1"] == pytest.approx(1.0)

@@ -32,7 +32,9 @@ CONFIGS = {
     "diffurec": {"embedding_dim": 8, "sampler": "deterministic"},
     "fit": {"embedding_dim": 8},
     "mamba4rec": {"embedding_dim": 8, "state_dim": 4},
-    "hstu": {"embedding_dim": 8, "num_blocks": 2, "linear_dim": 4, "attention_dim": 4},
+    # The richest configuration: the time bias reads history_timestamps and history_time_lag.
+    "hstu": {"embedding_dim": 8, "num_blocks": 2, "linear_dim": 4, "attention_dim": 4,
+             "time_bias": True, "attention_normalization": "visible_keys"},
     "contrast_vae": {"embedding_dim": 8},
     "stosa": {"embedding_dim": 8},
 }
@@ -50,6 +52,8 @@ def _windows(n=64, seed=0):
             F.HISTORY_TIME_LAG: np.where(valid, rng.integers(1, SPEC.num_time_lag_buckets,
                                                              history.shape), 0),
             F.HISTORY_SESSION: np.where(valid, 0, F.PADDING_SESSION),
+            F.HISTORY_TIMESTAMPS: np.where(valid, np.cumsum(rng.integers(0, 10 ** 5, history.shape),
+                                                            axis=1), 0),
             F.SESSION_LENGTH: np.minimum(lengths, 4).astype(np.int64),
             F.TARGET: rng.integers(1, NUM_ITEMS + 1, n).astype(np.int64)}
 
@@ -110,7 +114,9 @@ def test_sequence_models_train_on_trimmed_chunks(name):
     model = build_model(name, CONFIGS[name], num_items=NUM_ITEMS, item_features=GENRES,
                         item_frequencies=np.full(NUM_ITEMS + 1, 1.0 / NUM_ITEMS),
                         example_spec=SPEC)
-    chunks = {F.SEQUENCE_ITEMS: tf.constant([[0, 0, 3, 4, 5], [6, 7, 8, 9, 10]], tf.int64)}
+    chunks = {F.SEQUENCE_ITEMS: tf.constant([[0, 0, 3, 4, 5], [6, 7, 8, 9, 10]], tf.int64),
+              F.SEQUENCE_TIMESTAMPS: tf.constant([[0, 0, 7, 9, 60], [1, 2, 3, 900, 4000]],
+                                                 tf.int64)}
     batch = F.sequence_as_window(chunks)
     assert batch[F.HISTORY].shape == (2, 4)
     with tf.GradientTape() as tape:
@@ -131,7 +137,9 @@ def test_sequence_models_train_on_chunks_longer_than_their_windows(name):
                         item_frequencies=np.full(NUM_ITEMS + 1, 1.0 / NUM_ITEMS),
                         example_spec=spec)
     items = np.random.default_rng(0).integers(1, NUM_ITEMS + 1, [3, 21])
-    batch = F.sequence_as_window({F.SEQUENCE_ITEMS: tf.constant(items, tf.int64)})
+    batch = F.sequence_as_window({F.SEQUENCE_ITEMS: tf.constant(items, tf.int64),
+                                  F.SEQUENCE_TIMESTAMPS: tf.constant(
+                                      np.cumsum(items * 1000, axis=1), tf.int64)})
     assert batch[F.HISTORY].shape == (3, 20)
     with tf.GradientTape() as tape:
         loss = model.compute_loss(batch, training=True)
@@ -154,6 +162,7 @@ def test_sequence_models_rank_alike_with_shared_padding_trimmed(name):
     windows[F.HISTORY][:20, :-3] = 0  # short histories, so batches of them trim
     windows[F.HISTORY_TIME_LAG][:20, :-3] = 0
     windows[F.HISTORY_SESSION][:20, :-3] = F.PADDING_SESSION
+    windows[F.HISTORY_TIMESTAMPS][:20, :-3] = 0
     full = evaluate(model, windows, ks=(5,), num_bootstrap=0, batch_size=16, trim_padding=False)
     trimmed = evaluate(model, windows, ks=(5,), num_bootstrap=0, batch_size=16)
     np.testing.assert_array_equal(trimmed.ranks, full.ranks)

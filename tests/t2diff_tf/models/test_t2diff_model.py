@@ -39,6 +39,7 @@ def _windows(batch=6, seed=0):
         F.HISTORY: history,
         F.HISTORY_TIME_LAG: np.where(valid, rng.integers(1, 6, size=history.shape), 0),
         F.HISTORY_SESSION: np.where(valid, 0, -1),
+        F.HISTORY_TIMESTAMPS: np.where(valid, np.cumsum(valid, axis=1), 0),
         F.SESSION_LENGTH: np.minimum(lengths, rng.integers(1, 8, size=batch)),
         F.TARGET: rng.integers(1, NUM_ITEMS + 1, size=batch),
     }

@@ -227,7 +227,8 @@ import pytest
 import tensorflow as tf
 paths, L = json.loads(sys.argv[1]), int(sys.argv[2])
 inputs = dict(history=tf.ones([2, L], tf.int64), history_time_lag=tf.ones([2, L], tf.int64),
-              history_session=tf.zeros([2, L], tf.int64), session_length=tf.ones([2], tf.int64))
+              history_session=tf.zeros([2, L], tf.int64), session_length=tf.ones([2], tf.int64),
+              history_timestamps=tf.zeros([2, L], tf.int64))
 shapes = {}
 for name, path in paths.items():
     outputs = tf.saved_model.load(path).signatures["serving_default"](**inputs)
@@ -321,7 +322,8 @@ def _request(spec, batch=2, **overrides):
     features = {F.HISTORY: np.tile(np.arange(1, L + 1), (batch, 1)),
                 F.HISTORY_TIME_LAG: np.ones([batch, L]),
                 F.HISTORY_SESSION: np.zeros([batch, L]),
-                F.SESSION_LENGTH: np.full([batch], 2)}
+                F.SESSION_LENGTH: np.full([batch], 2),
+                F.HISTORY_TIMESTAMPS: np.tile(np.arange(L), (batch, 1))}
     features.update(overrides)
     return {k: tf.constant(np.asarray(v), tf.int64) for k, v in features.items()}
 
@@ -334,6 +336,7 @@ def _request(spec, batch=2, **overrides):
     (F.HISTORY_SESSION, [[-2, 0, 0, 0, 0, 0]] * 2, "history_session must be >= -1"),
     (F.SESSION_LENGTH, [2, 7], "session_length must be <= 6"),
     (F.SESSION_LENGTH, [2], "session_length has a different batch size"),
+    (F.HISTORY_TIMESTAMPS, [[0, 0, 0, 0, 0, -1]] * 2, "history_timestamps must be >= 0"),
 ])
 def test_serving_refuses_out_of_range_or_mismatched_inputs(name, value, message):
     tower, spec = _guarded_tower()
