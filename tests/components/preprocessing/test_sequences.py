@@ -100,6 +100,21 @@ def test_chunk_example_round_trips_through_the_spec():
     assert window[F.TARGET].numpy().tolist() == [7]
 
 
+def _random_users_chunks(seed, users, lengths, with_time, window, spec):
+    """``users`` random logs (``lengths``: the range of their sizes; times in seconds, or
+    ``None``), each as ``(user, items, times, its chunks as one int64 batch or None)``."""
+    rng = np.random.default_rng(seed)
+    for user in range(users):
+        n = int(rng.integers(*lengths))
+        items = [int(i) for i in rng.integers(1, 20, size=n)]
+        times = (np.cumsum(rng.choice([0, 5, 60, 500, 10 ** 6], size=n)).tolist()
+                 if with_time else None)
+        chunks = list(user_chunks(str(user), items, times, window, LOO, spec))
+        batch = ({name: tf.constant([c[name] for c in chunks], tf.int64)
+                  for name in F.CHUNK_FEATURES} if chunks else None)
+        yield str(user), items, times, batch
+
+
 @pytest.mark.parametrize("with_time", [False, True])
 def test_a_chunk_as_a_window_is_the_window_of_its_last_item(with_time):
     """``sequence_as_window`` gives a next-item model the window the preprocessing writes for
@@ -109,19 +124,12 @@ def test_a_chunk_as_a_window_is_the_window_of_its_last_item(with_time):
 
     L = 5
     window = WindowConfig(ExampleSpec(history_length=L, num_time_lag_buckets=12))
-    rng = np.random.default_rng(5)
     compared = 0
-    for user in range(20):
-        n = int(rng.integers(4, 30))
-        items = [int(i) for i in rng.integers(1, 20, size=n)]
-        times = (np.cumsum(rng.choice([0, 5, 60, 500, 10 ** 6], size=n)).tolist()
-                 if with_time else None)
-        chunks = list(user_chunks(str(user), items, times, window, LOO, SequenceSpec(L)))
-        batch = {name: tf.constant([c[name] for c in chunks], tf.int64)
-                 for name in F.CHUNK_FEATURES}
+    for user, items, times, batch in _random_users_chunks(5, 20, (4, 30), with_time, window,
+                                                          SequenceSpec(L)):
         got = F.sequence_as_window(batch, num_time_lag_buckets=12)
-        for row, bounds in enumerate(chunk_bounds(n - 2, SequenceSpec(L))):
-            expected = make_window(str(user), items, times, bounds.stop - 1, window)
+        for row, bounds in enumerate(chunk_bounds(len(items) - 2, SequenceSpec(L))):
+            expected = make_window(user, items, times, bounds.stop - 1, window)
             for name in (F.HISTORY, F.HISTORY_TIMESTAMPS, F.HISTORY_TIME_LAG, F.TARGET):
                 np.testing.assert_array_equal(got[name][row], expected[name], name)
             compared += 1
@@ -190,22 +198,17 @@ def test_chunk_windows_equal_the_windows_preprocessing_writes(mode, with_time):
     window = WindowConfig(ExampleSpec(history_length=6, num_time_lag_buckets=12),
                           session_mode=mode, session_k=3, session_gap_seconds=100)
     spec = SequenceSpec(history_length=9)
-    rng = np.random.default_rng(3)
     compared = 0
-    for user in range(30):
-        n = int(rng.integers(3, 40))
-        items = [int(i) for i in rng.integers(1, 20, size=n)]
-        times = (np.cumsum(rng.choice([0, 5, 60, 500, 10 ** 6], size=n)).tolist()
-                 if with_time else None)
-        chunks = list(user_chunks(str(user), items, times, window, LOO, spec))
-        batch = {name: tf.constant([c[name] for c in chunks], tf.int64)
-                 for name in F.CHUNK_FEATURES}
+    for user, items, times, batch in _random_users_chunks(3, 30, (3, 40), with_time, window,
+                                                          spec):
+        if batch is None:
+            continue
         got = chunk_windows(batch, window.sequence_windows())
         row = 0
-        for chunk, bounds in zip(chunks, chunk_bounds(n - 2, spec)):
+        for bounds in chunk_bounds(len(items) - 2, spec):
             for p in list(bounds)[1:]:
                 if bounds.start == 0 or p - bounds.start >= 6:
-                    expected = make_window(str(user), items, times, p, window)
+                    expected = make_window(user, items, times, p, window)
                     for name in F.QUERY_FEATURES + (F.TARGET,):
                         np.testing.assert_array_equal(got[name][row], expected[name], name)
                     compared += 1
