@@ -19,6 +19,7 @@ from components.preprocessing.config import SERVING, SPLITS, TRAIN_SEQUENCES
 from components.preprocessing.schema import read_schema, validate_examples
 from components.preprocessing.sources import SourceConfig
 from components.preprocessing.transforms import PreprocessConfig, run_preprocessing, split_dir
+from t2diff_tf import features as F
 
 Parameter = tfx.dsl.components.Parameter
 OutputArtifact = tfx.dsl.components.OutputArtifact
@@ -41,12 +42,19 @@ def check_against_schema(output_dir: str, schema_path: str) -> None:
                 f"Split-{split} does not match schema {schema_path}: " + "; ".join(problems[:5]))
 
 
+def window_contract() -> str:
+    """The window features, comma-separated (``t2diff_tf.features``): what a run of
+    :func:`PreprocessLogs` is keyed on besides its configuration."""
+    return ",".join(F.SEQUENCE_FEATURES + F.SCALAR_FEATURES)
+
+
 @tfx.dsl.components.component(use_beam=True)
 def PreprocessLogs(
     examples: OutputArtifact[tfx.types.standard_artifacts.Examples],
     source: Parameter[str],
     preprocess_config: Parameter[str] = "{}",
     schema_path: Parameter[str] = "",
+    window_features: Parameter[str] = "",
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """Reads a log and writes window examples per split.
@@ -57,8 +65,14 @@ def PreprocessLogs(
       source: ``SourceConfig`` as JSON (``SourceConfig(...).to_json()``).
       preprocess_config: ``PreprocessConfig.to_json()`` as a JSON string.
       schema_path: optional schema the examples must follow (else only the generated one).
+      window_features: the window contract this code writes (:func:`window_contract`). An
+        execution property, so that a cached run under an older contract (say, before
+        ``history_timestamps``) is not reused: TFX's cache does not see library code change.
       beam_pipeline: given by TFX from the pipeline's ``beam_pipeline_args``.
     """
+    if window_features and window_features != window_contract():
+        raise ValueError(f"this pipeline was defined for windows of {window_features!r}, but "
+                         f"this code writes {window_contract()!r}: rebuild the pipeline")
     config = PreprocessConfig.from_json(json.loads(preprocess_config))
     stats = run_preprocessing(SourceConfig.from_json(source).build(), examples.uri, config,
                               pipeline=beam_pipeline)

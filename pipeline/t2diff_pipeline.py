@@ -15,7 +15,7 @@ from tfx import v1 as tfx
 
 from components.evaluator import RetrievalEvaluator
 from components.preprocessing.config import SERVING, TRAIN_SEQUENCES
-from components.preprocess import PreprocessLogs
+from components.preprocess import PreprocessLogs, window_contract
 from components.pusher import RetrievalPusher
 from pipeline.configs import REPO_ROOT, PipelineConfig
 
@@ -34,7 +34,8 @@ def create_pipeline(config: PipelineConfig,
     preprocess = PreprocessLogs(
         source=config.source.to_json(),
         preprocess_config=json.dumps(config.preprocess.to_json()),
-        schema_path=config.schema_path or "").with_id("PreprocessLogs")
+        schema_path=config.schema_path or "",
+        window_features=window_contract()).with_id("PreprocessLogs")
     if config.preprocess_beam_pipeline_args:
         preprocess.with_beam_pipeline_args(list(config.preprocess_beam_pipeline_args))
     examples = preprocess.outputs["examples"]

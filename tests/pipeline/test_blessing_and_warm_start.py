@@ -157,6 +157,17 @@ def test_preprocess_beam_args_reach_preprocess_logs_alone_after_the_pipelines(tm
     assert nodes["StatisticsGen"].executor_spec.beam_pipeline_args == pipeline_args
 
 
+def test_preprocessing_is_keyed_on_the_window_contract(tmp_path):
+    """The window features are an execution property of PreprocessLogs: TFX's cache, blind to
+    library code, then reruns the preprocessing when the contract changes."""
+    from components.preprocess import window_contract
+
+    nodes = {node.id: node for node in create_pipeline(config_for(tmp_path)).components}
+    written = nodes["PreprocessLogs"].exec_properties["window_features"]
+    assert written == window_contract()
+    assert F.HISTORY_TIMESTAMPS in written.split(",")
+
+
 # ------------------------------------------------------------------------------------------------
 # The whole loop (heavy: four local runs, about 10 minutes on a loaded 2-core machine)
 
