@@ -224,3 +224,40 @@ def test_seen_items_are_each_users_whole_history(tmp_path):
             items = [lookup[i] for i in users[user.decode()]]
             assert seen[seen != 0].tolist() == items[:-cut]
             assert len(items[:-cut]) > spec.history_length  # longer than the window
+
+
+def test_a_work_dir_cached_under_an_older_window_contract_is_preprocessed_again(tmp_path):
+    """The harness reuses a cached preprocessing only when its schema holds today's window
+    features; one written before a feature joined the contract (say ``history_timestamps``)
+    is rebuilt instead of failing to parse."""
+    import gzip
+
+    from components.preprocessing.schema import read_schema, schema_text
+    from components.preprocessing.transforms import SCHEMA_FILE
+
+    harness = load_script("ml1m")
+    data_dir = tmp_path / "ml"
+    data_dir.mkdir()
+    with gzip.open(data_dir / "sequences.txt.gz", "wt") as f:
+        for user in range(1, 21):
+            f.write(f"{user} " + " ".join(str(1 + (user * 7 + k) % 15) for k in range(8)) + "\n")
+    (data_dir / "movies.dat").write_text("".join(f"{i}::Film {i}::Drama\n" for i in range(1, 16)))
+
+    def build():
+        return harness.preprocess(str(data_dir), "leave_one_out", str(tmp_path / "work"), 5, 0, 0)
+
+    root = build()
+    schema_path = os.path.join(root, SCHEMA_FILE)
+    old = read_schema(schema_path)
+    kept = [f for f in old.feature if f.name != F.HISTORY_TIMESTAMPS]
+    del old.feature[:]
+    old.feature.extend(kept)
+    with open(schema_path, "w") as f:
+        f.write(schema_text(old))
+    marker = os.path.join(root, "written_before")
+    open(marker, "w").close()
+    assert build() == root
+    assert not os.path.exists(marker)  # rebuilt
+    assert F.HISTORY_TIMESTAMPS in {f.name for f in read_schema(schema_path).feature}
+    open(marker, "w").close()
+    assert build() == root and os.path.exists(marker)  # today's contract: reused
