@@ -41,6 +41,13 @@ VISIBLE_KEYS = "visible_keys"
 ATTENTION_NORMALIZATIONS = (MAX_LENGTH, VISIBLE_KEYS)
 
 
+def check_attention_normalization(value: str) -> None:
+    """Raises ``ValueError`` unless ``value`` is one of :data:`ATTENTION_NORMALIZATIONS`."""
+    if value not in ATTENTION_NORMALIZATIONS:
+        raise ValueError(f"attention_normalization must be one of {ATTENTION_NORMALIZATIONS}, "
+                         f"got {value!r}")
+
+
 @tf.keras.utils.register_keras_serializable(package="t2diff")
 class RelativePositionBias(tf.keras.layers.Layer):
     """A learned scalar per relative offset: ``bias[i, j] = w[j - i + max_length - 1]``.
@@ -131,9 +138,7 @@ class HSTUEncoder(tf.keras.layers.Layer):
                  attention_normalization: str = MAX_LENGTH, num_time_buckets: int = 0,
                  **kwargs):
         super().__init__(**kwargs)
-        if attention_normalization not in ATTENTION_NORMALIZATIONS:
-            raise ValueError(f"attention_normalization must be one of "
-                             f"{ATTENTION_NORMALIZATIONS}, got {attention_normalization!r}")
+        check_attention_normalization(attention_normalization)
         self.attention_normalization = attention_normalization
         if num_time_buckets < 0:
             raise ValueError(f"num_time_buckets must be >= 0, got {num_time_buckets}")

@@ -36,7 +36,7 @@ import dataclasses
 import tensorflow as tf
 
 from t2diff_tf import features as F
-from t2diff_tf.layers.hstu import ATTENTION_NORMALIZATIONS, MAX_LENGTH, HSTUEncoder
+from t2diff_tf.layers.hstu import MAX_LENGTH, HSTUEncoder, check_attention_normalization
 from t2diff_tf.layers.next_item_loss import NextItemLossConfig
 from t2diff_tf.models.base import Features
 from t2diff_tf.models.config import DictConfig
@@ -90,9 +90,7 @@ class HSTUConfig(DictConfig):
         for name in ("num_blocks", "num_heads", "linear_dim", "attention_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.attention_normalization not in ATTENTION_NORMALIZATIONS:
-            raise ValueError(f"attention_normalization must be one of "
-                             f"{ATTENTION_NORMALIZATIONS}, got {self.attention_normalization!r}")
+        check_attention_normalization(self.attention_normalization)
 
 
 def next_behaviour_time_buckets(features: Features, num_buckets: int) -> tf.Tensor:
