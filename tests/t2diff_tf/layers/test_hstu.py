@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from t2diff_tf.layers.hstu import HSTUEncoder, RelativePositionBias
+from t2diff_tf.layers.hstu import (HSTUEncoder, RelativePositionBias, RelativeTimeBias,
+                                   gather_with_dense_gradient)
 from tests.t2diff_tf.layers.causal_encoder_checks import (
     assert_padded_positions_do_not_leak_and_are_zero, assert_position_t_ignores_later_positions,
     sequences)
@@ -27,6 +28,40 @@ def test_relative_bias_depends_on_the_offset_only():
     # bias[i, j] = w[j - i + 4]
     np.testing.assert_array_equal(table, [[4, 5, 6, 7], [3, 4, 5, 6], [2, 3, 4, 5],
                                           [1, 2, 3, 4]])
+
+
+def test_gather_with_dense_gradient_matches_tf_gather():
+    """The values are ``table[indices]``; the gradient is the per-row sum of the upstream
+    gradient over every index naming that row (repeats included), as ``tf.gather``'s is once
+    its sparse entries are summed, and it is dense."""
+    rng = np.random.default_rng(1)
+    table = tf.Variable(rng.normal(size=[5]).astype(np.float32))
+    indices = tf.constant(rng.integers(0, 4, size=[3, 6, 6]))  # row 4 never read
+    upstream = tf.constant(rng.normal(size=[3, 6, 6]).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        dense = gather_with_dense_gradient(table, indices)
+        sparse = tf.gather(table, indices)
+        dense_loss, sparse_loss = tf.reduce_sum(dense * upstream), tf.reduce_sum(sparse * upstream)
+    np.testing.assert_array_equal(dense.numpy(), sparse.numpy())
+    gradient = tape.gradient(dense_loss, table)
+    assert isinstance(gradient, tf.Tensor)
+    expected = np.bincount(indices.numpy().ravel(), weights=upstream.numpy().ravel(), minlength=5)
+    np.testing.assert_allclose(gradient.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tf.convert_to_tensor(tape.gradient(sparse_loss, table)).numpy(),
+                               expected, rtol=1e-5, atol=1e-6)
+    assert gradient.numpy()[4] == 0.0
+
+
+@pytest.mark.parametrize("layer, argument", [
+    (RelativePositionBias(max_length=6), tf.constant(4)),
+    (RelativeTimeBias(num_buckets=3), tf.constant([[[0, 2], [1, 1]]]))])
+def test_bias_tables_get_dense_gradients(layer, argument):
+    """Neither bias table hands the optimizer one sparse entry per read."""
+    layer.build()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(argument))
+    (gradient,) = tape.gradient(loss, layer.trainable_variables)
+    assert not isinstance(gradient, tf.IndexedSlices)
 
 
 @pytest.mark.parametrize("normalization, time_buckets", [
