@@ -8,7 +8,16 @@ and seed the model trains on the training windows, the epoch is selected on the 
 (``val_recall@20``, early stopping), and the test split is ranked once over the whole corpus
 twice with bootstrap 95% intervals over users: every item ranked (seen items included), and
 with the items the user has already seen removed (their whole history, as SASRec+, gSASRec and
-HSTU-Tensorflow evaluate; ``metrics_seen_excluded``). Recorded per run:
+HSTU-Tensorflow evaluate; ``metrics_seen_excluded``).
+
+``--protocol leave_last_out`` is the HSTU papers' split (generative-recommenders and
+HSTU-Tensorflow train on every item but the last): the second to last item is a training label
+and there is no validation split, so a run trains exactly ``--epochs`` epochs and keeps the last
+weights. Choose that count without the test items, e.g. a leave-one-out run's best epoch::
+
+    python benchmarks/ml1m.py ... --protocol leave_last_out --layout sequences --epochs 57
+
+Recorded per run:
 metrics, intervals, parameters, training time, epochs, inference ms/user (user tower at batch 1
 and 256), the validation curve against training wall seconds (time to quality). With
 ``--layout sequences`` the training data are sequence chunks of ``--sequence-length`` inputs
@@ -36,7 +45,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from components.preprocessing import readers  # noqa: E402
-from components.preprocessing.config import LEAVE_ONE_OUT, TRAIN_SEQUENCES, USER_HOLDOUT, ProtocolConfig, WindowConfig  # noqa: E402
+from components.preprocessing.config import LEAVE_LAST_OUT, LEAVE_ONE_OUT, TRAIN_SEQUENCES, USER_HOLDOUT, ProtocolConfig, WindowConfig  # noqa: E402
 import shutil  # noqa: E402
 
 from components.preprocessing.schema import read_schema  # noqa: E402
@@ -126,9 +135,7 @@ def preprocess(data_dir: str, protocol: str, work_dir: str, history_length: int,
               f"features; preprocessing again", flush=True)
         shutil.rmtree(out)
     cap = max_train_windows if max_train_windows > 0 else None
-    protocol_config = (ProtocolConfig(max_train_windows_per_user=cap) if protocol == LEAVE_ONE_OUT
-                       else ProtocolConfig(name=USER_HOLDOUT, max_train_windows_per_user=cap or 10,
-                                           seed=seed))
+    protocol_config = protocol_settings(protocol, cap, seed)
     config = PreprocessConfig(window=WindowConfig(ExampleSpec(history_length=history_length)),
                               protocol=protocol_config,
                               max_user_interactions=max_user_interactions, sequences=sequences,
@@ -138,6 +145,16 @@ def preprocess(data_dir: str, protocol: str, work_dir: str, history_length: int,
                                       os.path.join(data_dir, "movies.dat")))
     run_preprocessing(source, out, config)
     return out
+
+
+def protocol_settings(protocol: str, max_train_windows: Optional[int], seed: int
+                      ) -> ProtocolConfig:
+    """The harness's settings of each protocol (the user hold-out keeps the paper's 10
+    training windows per user unless capped otherwise)."""
+    if protocol == USER_HOLDOUT:
+        return ProtocolConfig(name=USER_HOLDOUT, max_train_windows_per_user=max_train_windows or 10,
+                              seed=seed)
+    return ProtocolConfig(name=protocol, max_train_windows_per_user=max_train_windows)
 
 
 def load_split(root: str, split: str, spec: ExampleSpec) -> Dict[str, np.ndarray]:
@@ -176,7 +193,7 @@ def attach_seen_items(data_dir: str, root: str, data: Dict[str, Dict[str, np.nda
                 if max_user_interactions:
                     items = items[-max_user_interactions:]
                 full[fields[0]] = items
-    for split in ("validation", "test"):
+    for split in [s for s in ("validation", "test") if s in data]:
         arrays = data[split]
         rows = []
         for user, target in zip(arrays[F.USER_ID], arrays[F.TARGET]):
@@ -301,7 +318,8 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
     start = time.perf_counter()
     # Arrays, not a dataset: a sequence model ranks them in order of history length, its
     # batches trimmed of shared left padding (``M.evaluate``).
-    model, history = fit(build, train, data["validation"], train_config)
+    # Without a validation split (leave-last-out), ``epochs`` epochs and the last weights.
+    model, history = fit(build, train, data.get("validation"), train_config)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = M.evaluate(model, data["test"], ks=(2, 10, 20, 100), num_bootstrap=1000, seed=seed)
@@ -317,7 +335,8 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
         "metrics_seen_excluded": excluded.metrics,
         "intervals_seen_excluded": {k: list(v) for k, v in excluded.intervals.items()},
         "selection": {"metric": train_config.selection_metric,
-                      "seen_excluded": train_config.exclude_seen},
+                      "seen_excluded": train_config.exclude_seen}
+        if "validation" in data else None,
         # Time to quality: the validation metrics after each epoch against the training wall
         # seconds so far (validation passes excluded).
         "time_to_quality": {
@@ -387,7 +406,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--data-dir", default="../shared/data/ml-1m")
     parser.add_argument("--work-dir", default="outputs/benchmarks")
     parser.add_argument("--protocol", nargs="+", default=[LEAVE_ONE_OUT, USER_HOLDOUT],
-                        choices=[LEAVE_ONE_OUT, USER_HOLDOUT])
+                        choices=[LEAVE_ONE_OUT, USER_HOLDOUT, LEAVE_LAST_OUT])
     parser.add_argument("--preset", default="table2", choices=sorted(PRESETS))
     parser.add_argument("--only", nargs="*", default=None, help="labels of the preset to run")
     parser.add_argument("--runs", default=None, help="JSON file with a list of run specs "
@@ -480,9 +499,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         root = preprocess(args.data_dir, protocol, args.work_dir, args.history_length,
                           1 if sequences else args.max_train_windows_per_user, args.seeds[0],
                           args.max_user_interactions, sequences, args.min_item_interactions)
-        data = {split: load_split(root, split, example_spec)
-                for split in (("validation", "test") if sequences
-                              else ("train", "validation", "test"))}
+        splits = ["validation", "test"] if sequences else ["train", "validation", "test"]
+        if not protocol_settings(protocol, None, args.seeds[0]).has_validation:
+            splits.remove("validation")
+        data = {split: load_split(root, split, example_spec) for split in splits}
         if sequences is not None:
             data[TRAIN_SEQUENCES] = load_sequences(root, sequences)
         attach_seen_items(args.data_dir, root, data, protocol, args.max_user_interactions)

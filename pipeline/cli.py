@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Optional, Sequence
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from components.preprocessing.config import (LAST_K, LEAVE_ONE_OUT, PROTOCOLS, SESSION_MODES,  # noqa: E402
-                                             USER_HOLDOUT, ProtocolConfig, WindowConfig)
+from components.preprocessing.config import (LAST_K, LEAVE_LAST_OUT, LEAVE_ONE_OUT, PROTOCOLS,  # noqa: E402
+                                             SESSION_MODES, USER_HOLDOUT, VALIDATED_PROTOCOLS,
+                                             ProtocolConfig, WindowConfig)
 from components.preprocessing.records import InputError  # noqa: E402
 from components.preprocessing.sources import SOURCE_KINDS, SourceConfig  # noqa: E402
 from components.preprocessing.transforms import (PreprocessConfig, PreprocessingError,  # noqa: E402
@@ -75,12 +76,16 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--synthetic-seed", type=int, default=0, help="synthetic: seed")
 
 
-def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+def add_preprocess_arguments(parser: argparse.ArgumentParser,
+                             protocols: Sequence[str] = PROTOCOLS) -> None:
     g = parser.add_argument_group("windows and protocol")
-    g.add_argument("--protocol", choices=PROTOCOLS, default=LEAVE_ONE_OUT,
+    g.add_argument("--protocol", choices=protocols, default=LEAVE_ONE_OUT,
                    help="'leave_one_out': per user, last item = test, second to last = "
                         "validation, earlier = train; 'user_holdout': the paper's seeded 80/20 "
-                        "user split with a validation slice of the training users")
+                        "user split with a validation slice of the training users" + (
+                            "; 'leave_last_out': last item = test, every earlier one = train, "
+                            "no validation (the HSTU papers' split)"
+                            if LEAVE_LAST_OUT in protocols else ""))
     g.add_argument("--history-length", type=int, default=50,
                    help="behaviours kept before each target (left-padded with item id 0)")
     g.add_argument("--time-lag-buckets", type=int, default=32,
@@ -169,7 +174,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     from t2diff_tf.training import STRATEGIES
 
     add_source_arguments(parser)
-    add_preprocess_arguments(parser)
+    # The pipeline selects epochs and warms models up on the validation split.
+    add_preprocess_arguments(parser, VALIDATED_PROTOCOLS)
     g = parser.add_argument_group("model, training, evaluation, push")
     g.add_argument("--pipeline-name", default=PIPELINE_NAME, help="TFX pipeline name")
     g.add_argument("--output-root", default=DEFAULT_OUTPUT_ROOT,

@@ -5,6 +5,7 @@ import json
 import os
 from typing import Optional, Tuple
 
+from components.preprocessing.config import VALIDATED_PROTOCOLS
 from components.preprocessing.sources import SourceConfig
 from components.preprocessing.transforms import PreprocessConfig
 from t2diff_tf.models.registry import available_models
@@ -91,6 +92,12 @@ class PipelineConfig:
             if name is not None and name not in available_models():
                 raise ValueError(f"unknown model {name!r}; known models: "
                                  f"{', '.join(available_models())}")
+        if not self.preprocess.protocol.has_validation:
+            raise ValueError(
+                f"protocol {self.preprocess.protocol.name!r} holds out no validation split, "
+                f"which the Trainer's epoch selection and the Pusher's warm-up need; the "
+                f"pipeline takes {', '.join(VALIDATED_PROTOCOLS)} (leave_last_out is for "
+                f"benchmarks/ml1m.py and the preprocess command)")
 
     @property
     def pipeline_root(self) -> str:

@@ -14,7 +14,11 @@ SESSION_MODES = (LAST_K, TIME_GAP)
 
 LEAVE_ONE_OUT = "leave_one_out"
 USER_HOLDOUT = "user_holdout"
-PROTOCOLS = (LEAVE_ONE_OUT, USER_HOLDOUT)
+LEAVE_LAST_OUT = "leave_last_out"
+PROTOCOLS = (LEAVE_ONE_OUT, USER_HOLDOUT, LEAVE_LAST_OUT)
+# The protocols with a validation split, which the TFX pipeline's epoch selection and model
+# warm-up need.
+VALIDATED_PROTOCOLS = (LEAVE_ONE_OUT, USER_HOLDOUT)
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)
@@ -72,6 +76,13 @@ class ProtocolConfig:
     validation slice. Test and validation users give one window each (their last item); training
     users give up to ``max_train_windows_per_user`` windows with targets at positions
     ``>= min_target_position`` (the latest ones), or their last item when they are shorter.
+
+    ``leave_last_out`` (the HSTU papers' ML-1M protocol: generative-recommenders trains with
+    ``ignore_last_n=1``, as does its TensorFlow reimplementation): per user, the last item is
+    the test target and every earlier position a training target, the second to last included.
+    There is no validation split: a model trains a fixed number of epochs, chosen beforehand
+    without the test items (e.g. its best epoch under ``leave_one_out``). Its test targets and
+    test windows are ``leave_one_out``'s.
     """
 
     name: str = LEAVE_ONE_OUT
@@ -102,3 +113,8 @@ class ProtocolConfig:
     def min_sequence_length(self) -> int:
         """The shortest user sequence the protocol can use."""
         return 3 if self.name == LEAVE_ONE_OUT else 2
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the protocol holds out validation targets."""
+        return self.name in VALIDATED_PROTOCOLS

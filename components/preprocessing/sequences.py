@@ -10,7 +10,8 @@ The training prefix is what the protocol allows a model to learn from:
 
 * ``leave_one_out``: every item before the validation target (the last two items are the
   validation and test targets and never appear in a chunk, not even as inputs);
-* ``user_holdout``: a training user's whole sequence; validation and test users give no chunk.
+* ``user_holdout``: a training user's whole sequence; validation and test users give no chunk;
+* ``leave_last_out``: every item before the test target.
 
 The Beam pipeline calls :func:`user_chunks` per user; the in-memory path and the tests call it
 directly, so the two can never disagree.
@@ -21,8 +22,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence
 
 
-from components.preprocessing.config import LAST_K, LEAVE_ONE_OUT, TRAIN, WindowConfig, \
-    ProtocolConfig
+from components.preprocessing.config import LAST_K, LEAVE_LAST_OUT, LEAVE_ONE_OUT, TRAIN, \
+    ProtocolConfig, WindowConfig
 from components.preprocessing.windows import holdout_split, session_ids
 from t2diff_tf import features as F
 
@@ -36,6 +37,8 @@ def training_prefix_length(user: str, n: int, protocol: ProtocolConfig) -> int:
     """How many of a user's ``n`` items (from the start) a model may train on."""
     if protocol.name == LEAVE_ONE_OUT:
         return n - 2 if n >= 3 else 0
+    if protocol.name == LEAVE_LAST_OUT:
+        return n - 1 if n >= 2 else 0
     return n if holdout_split(user, protocol) == TRAIN else 0
 
 

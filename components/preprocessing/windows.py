@@ -13,8 +13,8 @@ from typing import (TYPE_CHECKING, Dict, Iterator, List, NamedTuple, Optional, S
 import numpy as np
 
 from components.preprocessing import example_bytes
-from components.preprocessing.config import (LAST_K, LEAVE_ONE_OUT, TEST, TRAIN, VALIDATION,
-                                             ProtocolConfig, WindowConfig)
+from components.preprocessing.config import (LAST_K, LEAVE_LAST_OUT, LEAVE_ONE_OUT, TEST,
+                                             TRAIN, VALIDATION, ProtocolConfig, WindowConfig)
 from t2diff_tf import features as F
 
 if TYPE_CHECKING:
@@ -192,6 +192,11 @@ def target_positions(user: str, n: int, protocol: ProtocolConfig) -> List[Tuple[
         if cap is not None:
             train = train[-cap:]
         return [(TRAIN, p) for p in train] + [(VALIDATION, n - 2), (TEST, n - 1)]
+    if protocol.name == LEAVE_LAST_OUT:
+        train = list(range(1, n - 1))
+        if cap is not None:
+            train = train[-cap:]
+        return [(TRAIN, p) for p in train] + [(TEST, n - 1)]
     split = holdout_split(user, protocol)
     if split != TRAIN:
         return [(split, n - 1)]

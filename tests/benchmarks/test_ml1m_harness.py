@@ -261,3 +261,47 @@ def test_a_work_dir_cached_under_an_older_window_contract_is_preprocessed_again(
     assert F.HISTORY_TIMESTAMPS in {f.name for f in read_schema(schema_path).feature}
     open(marker, "w").close()
     assert build() == root and os.path.exists(marker)  # today's contract: reused
+
+
+def test_leave_last_out_trains_a_fixed_number_of_epochs_through_the_validation_item(tmp_path):
+    """The HSTU papers' split end to end: the second to last item of each user is a training
+    label, no validation split is read, the run trains exactly ``--epochs`` epochs with no
+    selection, and the test windows are leave-one-out's."""
+    import gzip
+
+    harness = load_script("ml1m")
+    data_dir = tmp_path / "ml"
+    data_dir.mkdir()
+    users = {str(u): [str(1 + (u * 7 + k) % 15) for k in range(6 + u % 4)] for u in range(1, 31)}
+    with gzip.open(data_dir / "sequences.txt.gz", "wt") as f:
+        for user, items in users.items():
+            f.write(" ".join([user] + items) + "\n")
+    (data_dir / "movies.dat").write_text("".join(f"{i}::Film {i}::Drama\n" for i in range(1, 16)))
+    runs = tmp_path / "runs.json"
+    runs.write_text(json.dumps([{"label": "SASRec", "model": "sasrec",
+                                 "config": {"embedding_dim": 8}}]))
+    output = str(tmp_path / "results" / "leave_last_out")
+    common = ["--data-dir", str(data_dir), "--layout", "sequences", "--history-length", "6",
+              "--runs", str(runs), "--batch-size", "8", "--verbose", "0"]
+    harness.main(common + ["--work-dir", str(tmp_path / "work"), "--protocol", "leave_last_out",
+                           "--epochs", "2", "--output", output])
+    report = json.load(open(output + ".json"))
+    [run] = report["protocols"]["leave_last_out"]["results"]
+    assert run["epochs_run"] == 2 and run["best_epoch"] is None and run["selection"] is None
+    assert run["num_test_examples"] == len(users)
+    root = report["protocols"]["leave_last_out"]["data"]
+    lookup = harness.Vocabulary.read(root).lookup()
+    chunks = harness.load_sequences(root, SequenceSpec(6))
+    last_input = {}
+    for user, row, length in zip(chunks[F.USER_ID], chunks[F.SEQUENCE_ITEMS],
+                                 chunks[F.SEQUENCE_LENGTH]):
+        last_input[user.decode()] = row[-1]  # chunks are left-padded: the newest item is last
+    for user, items in users.items():
+        assert last_input[user] == lookup[items[-2]], user  # the validation item is a label
+    loo = harness.preprocess(str(data_dir), "leave_one_out", str(tmp_path / "work"), 6, 1, 0,
+                             sequences=SequenceSpec(6))
+    spec = ExampleSpec(history_length=6)
+    ours, theirs = harness.load_split(root, "test", spec), harness.load_split(loo, "test", spec)
+    order, loo_order = ours[F.USER_ID].argsort(), theirs[F.USER_ID].argsort()
+    for name in ours:
+        assert (ours[name][order] == theirs[name][loo_order]).all(), name

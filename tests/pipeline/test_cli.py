@@ -45,3 +45,26 @@ def test_run_batching_flags_reach_the_training_config(tmp_path):
     default = pipeline_config_from_args(build_parser("run").parse_args(
         ["run", "--source", "synthetic", "--output-root", str(tmp_path)])).train
     assert (default.length_buckets, default.positions_per_batch) == (1, None)
+
+
+def test_leave_last_out_is_for_preprocessing_not_for_the_pipeline(tmp_path, capsys):
+    """The pipeline selects epochs and warms models up on the validation split, which
+    leave-last-out does not hold out: its ``run`` refuses the protocol, in the parser and in
+    the config, while ``preprocess`` writes it."""
+    import pytest
+
+    from components.preprocessing.config import LEAVE_LAST_OUT, ProtocolConfig
+    from components.preprocessing.transforms import PreprocessConfig
+    from pipeline.cli import build_parser, preprocess_config_from_args
+    from pipeline.configs import PipelineConfig
+
+    with pytest.raises(SystemExit):
+        build_parser("run").parse_args(["run", "--source", "synthetic", "--output-root",
+                                        str(tmp_path), "--protocol", LEAVE_LAST_OUT])
+    assert "invalid choice: 'leave_last_out'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="holds out no validation split"):
+        PipelineConfig(preprocess=PreprocessConfig(protocol=ProtocolConfig(name=LEAVE_LAST_OUT)))
+    args = build_parser("preprocess").parse_args(
+        ["preprocess", "--source", "synthetic", "--output", str(tmp_path),
+         "--protocol", LEAVE_LAST_OUT])
+    assert preprocess_config_from_args(args).protocol.name == LEAVE_LAST_OUT

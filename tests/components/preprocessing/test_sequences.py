@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from components.preprocessing import readers, synthetic
-from components.preprocessing.config import (TIME_GAP, TRAIN, TRAIN_SEQUENCES, USER_HOLDOUT,
-                                             ProtocolConfig, WindowConfig)
+from components.preprocessing.config import (LEAVE_LAST_OUT, TIME_GAP, TRAIN, TRAIN_SEQUENCES,
+                                             USER_HOLDOUT, ProtocolConfig, WindowConfig)
 from components.preprocessing.inmemory import chunks_to_arrays, synthetic_arrays
 from components.preprocessing.schema import sequence_schema, validate_examples
 from components.preprocessing.sequences import (chunk_bounds, chunk_labels, to_example,
@@ -59,6 +59,16 @@ def test_leave_one_out_chunks_stop_before_the_validation_target():
     assert first[F.SEQUENCE_SESSIONS] == [F.PADDING_SESSION, 0, 1, 2, 3]
     assert first[F.SEQUENCE_TIMESTAMPS] == [0, 0, 1, 2, 3]
     assert first[F.SEQUENCE_LENGTH] == 4
+
+
+def test_leave_last_out_chunks_stop_before_the_test_target():
+    items = list(range(101, 111))            # 10 items: test 110; 109 is a training label
+    protocol = ProtocolConfig(name=LEAVE_LAST_OUT)
+    chunks = list(user_chunks("u", items, None, WIN, protocol, SequenceSpec(history_length=4)))
+    assert 110 not in {i for c in chunks for i in c[F.SEQUENCE_ITEMS]}
+    assert sorted(i for c in chunks for i in chunk_labels(c)) == list(range(102, 110))
+    assert chunks[-1][F.SEQUENCE_ITEMS] == [105, 106, 107, 108, 109]
+    assert list(user_chunks("u", [1, 2], None, WIN, protocol, SequenceSpec(4))) == []
 
 
 def test_short_users_give_no_chunk():
@@ -161,16 +171,19 @@ def test_beam_writes_the_same_chunks_as_the_in_memory_path(tmp_path):
     assert validate_examples(files, sequence_schema(spec, stats["items"])) == []
 
 
-def test_no_validation_or_test_target_is_a_training_label_on_all_of_ml1m(ml1m_dir):
-    """Every ML-1M user: the chunks teach exactly the items before the validation target, in
-    order, once each; the validation and test positions never appear, not even as inputs."""
+@pytest.mark.parametrize("protocol, held_out", [(LOO, 2), (ProtocolConfig(name=LEAVE_LAST_OUT), 1)])
+def test_no_validation_or_test_target_is_a_training_label_on_all_of_ml1m(ml1m_dir, protocol,
+                                                                        held_out):
+    """Every ML-1M user: the chunks teach exactly the items before the first held-out target
+    (leave-one-out: validation; leave-last-out: test), in order, once each; the held-out
+    positions never appear, not even as inputs."""
     spec = SequenceSpec(history_length=200)
     sequences = {}
     with gzip.open(os.path.join(ml1m_dir, "sequences.txt.gz"), "rt") as f:
         for line in f:
             user, *items = line.split()
             sequences[user] = ([int(i) for i in items], None)
-    arrays = chunks_to_arrays(sequences, WindowConfig(ExampleSpec(200)), LOO, spec)
+    arrays = chunks_to_arrays(sequences, WindowConfig(ExampleSpec(200)), protocol, spec)
     by_user = {}
     for user, row in zip(arrays[F.USER_ID], arrays[F.SEQUENCE_ITEMS]):
         by_user.setdefault(user.decode(), []).append(row[row != 0].tolist())
@@ -179,12 +192,12 @@ def test_no_validation_or_test_target_is_a_training_label_on_all_of_ml1m(ml1m_di
     for user, (items, _) in sequences.items():
         chunks = by_user[user]
         labels = [i for c in chunks for i in c[1:]]
-        assert labels == items[1:-2], user
+        assert labels == items[1:-held_out], user
         inputs = Counter(i for c in chunks for i in c)
-        assert items[-2] not in inputs or items.count(items[-2]) > 1
-        assert items[-1] not in inputs or items.count(items[-1]) > 1
+        for target in items[-held_out:]:
+            assert target not in inputs or items.count(target) > 1
         total += len(labels)
-    assert total == sum(len(items) - 3 for items, _ in sequences.values())
+    assert total == sum(len(items) - 1 - held_out for items, _ in sequences.values())
 
 
 @pytest.mark.parametrize("mode, with_time", [("last_k", False), ("last_k", True),

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.preprocessing.config import (TEST, TIME_GAP, TRAIN, USER_HOLDOUT,
-                                             VALIDATION, ProtocolConfig, WindowConfig)
+from components.preprocessing.config import (LEAVE_LAST_OUT, TEST, TIME_GAP, TRAIN,
+                                             USER_HOLDOUT, VALIDATION, ProtocolConfig,
+                                             WindowConfig)
 from components.preprocessing.windows import (holdout_split, make_window, target_positions,
                                               to_example, user_window_examples, user_windows)
 from t2diff_tf import features as F
@@ -75,6 +76,28 @@ def test_leave_one_out_never_trains_on_validation_or_test_targets():
     assert len(test) == 1 and test[0][F.HISTORY][-1] == items[-2]
 
 
+def test_leave_last_out_trains_up_to_the_test_target_and_has_no_validation():
+    """The HSTU papers' split: the second to last item is a training target; the test window
+    is leave-one-out's."""
+    protocol = ProtocolConfig(name=LEAVE_LAST_OUT)
+    assert target_positions("u", 6, protocol) == [
+        (TRAIN, 1), (TRAIN, 2), (TRAIN, 3), (TRAIN, 4), (TEST, 5)]
+    capped = ProtocolConfig(name=LEAVE_LAST_OUT, max_train_windows_per_user=2)
+    assert target_positions("u", 6, capped) == [(TRAIN, 3), (TRAIN, 4), (TEST, 5)]
+    assert target_positions("u", 2, protocol) == [(TEST, 1)]
+    assert protocol.min_sequence_length == 2 and not protocol.has_validation
+    assert ProtocolConfig().has_validation
+    items = list(range(1, 40))
+    windows = list(user_windows("u", items, None, WIN, protocol))
+    assert {s for s, _ in windows} == {TRAIN, TEST}
+    assert items[-1] not in {w[F.TARGET] for s, w in windows if s == TRAIN}
+    [test] = [w for s, w in windows if s == TEST]
+    [loo_test] = [w for s, w in user_windows("u", items, None, WIN, ProtocolConfig())
+                  if s == TEST]
+    for name in test:
+        np.testing.assert_array_equal(test[name], loo_test[name])
+
+
 def test_user_holdout_split_is_seeded_and_proportional():
     protocol = ProtocolConfig(name=USER_HOLDOUT, seed=3)
     splits = [holdout_split(str(u), protocol) for u in range(20_000)]
@@ -121,6 +144,7 @@ def _random_histories(seed, users, max_length, max_item, gaps, with_time, start=
     ("last_k", False, ProtocolConfig()),
     ("last_k", True, ProtocolConfig(max_train_windows_per_user=3)),
     (TIME_GAP, True, ProtocolConfig()),
+    (TIME_GAP, True, ProtocolConfig(name=LEAVE_LAST_OUT)),
     (TIME_GAP, True, ProtocolConfig(name=USER_HOLDOUT, max_train_windows_per_user=None,
                                     min_target_position=4)),
 ])
