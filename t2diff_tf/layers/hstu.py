@@ -6,7 +6,7 @@ over ``x [batch, L, d]``::
 
     u, v, q, k = split(SiLU(LN(x) @ W_uvqk))     # u, v: [batch, L, H * linear_dim]
     A = SiLU(q k^T + bias(i, j)) / divisor(i)      # per head: [batch, H, L, L], causal, masked
-    x = x + Dense(Dropout(u * LN(A v)))
+    x = residual(x) + Dense(Dropout(u * LN(A v)))
 
 The attention weights are not normalised over the keys (no softmax): a position's output grows
 with the number of behaviours it attends to, which the paper argues keeps the intensity of a
@@ -19,6 +19,10 @@ user's engagement. ``attention_normalization`` chooses the divisor:
   keys ``j <= i``.
 
 Either way a batch trimmed of left padding gives the same outputs as the full-width one.
+
+``residual`` chooses what the branch is added to: ``"input"`` (the reference's, ``x``) or
+``"normalized_input"`` (the TensorFlow reimplementation's, which normalises its queries in
+place and adds the branch to them: ``LN(x)``, the same ``LN`` the branch reads).
 
 The relative bias (shared by the heads, tables per block) is positional, one weight per offset
 ``i - j``, plus, with ``num_time_buckets``, HSTU's time bias: one weight per bucket of the gap
@@ -39,6 +43,9 @@ from t2diff_tf.layers.causal_transformer import index_from_oldest
 MAX_LENGTH = "max_length"
 VISIBLE_KEYS = "visible_keys"
 ATTENTION_NORMALIZATIONS = (MAX_LENGTH, VISIBLE_KEYS)
+INPUT = "input"
+NORMALIZED_INPUT = "normalized_input"
+RESIDUALS = (INPUT, NORMALIZED_INPUT)
 
 
 def check_attention_normalization(value: str) -> None:
@@ -46,6 +53,12 @@ def check_attention_normalization(value: str) -> None:
     if value not in ATTENTION_NORMALIZATIONS:
         raise ValueError(f"attention_normalization must be one of {ATTENTION_NORMALIZATIONS}, "
                          f"got {value!r}")
+
+
+def check_residual(value: str) -> None:
+    """Raises ``ValueError`` unless ``value`` is one of :data:`RESIDUALS`."""
+    if value not in RESIDUALS:
+        raise ValueError(f"residual must be one of {RESIDUALS}, got {value!r}")
 
 
 @tf.custom_gradient
@@ -144,6 +157,8 @@ class HSTUEncoder(tf.keras.layers.Layer):
       attention_normalization: ``"max_length"`` or ``"visible_keys"``, the divisor of the
         attention weights (module docstring).
       num_time_buckets: the time bias's buckets; 0: no time bias.
+      residual: ``"input"`` or ``"normalized_input"``, what each block's branch is added to
+        (module docstring).
 
     Call arguments:
       inputs: ``[batch, L, d]`` behaviour vectors, left-padded (oldest first), ``L <= max_length``.
@@ -159,10 +174,12 @@ class HSTUEncoder(tf.keras.layers.Layer):
     def __init__(self, max_length: int, num_blocks: int = 8, num_heads: int = 2,
                  linear_dim: int = 25, attention_dim: int = 25, dropout: float = 0.2,
                  attention_normalization: str = MAX_LENGTH, num_time_buckets: int = 0,
-                 **kwargs):
+                 residual: str = INPUT, **kwargs):
         super().__init__(**kwargs)
         check_attention_normalization(attention_normalization)
+        check_residual(residual)
         self.attention_normalization = attention_normalization
+        self.residual = residual
         if num_time_buckets < 0:
             raise ValueError(f"num_time_buckets must be >= 0, got {num_time_buckets}")
         self.num_time_buckets = int(num_time_buckets)
@@ -216,16 +233,17 @@ class HSTUEncoder(tf.keras.layers.Layer):
         else:
             attend /= float(self.max_length)
         for i in range(self.num_blocks):
-            x = x + self._block(i, x, attend, length, time_buckets, training)
-            x = x * keep
+            normed = self.input_norms[i](x)
+            branch = self._block(i, normed, attend, length, time_buckets, training)
+            x = ((x if self.residual == INPUT else normed) + branch) * keep
         return x
 
-    def _block(self, i: int, x: tf.Tensor, attend: tf.Tensor, length: tf.Tensor,
+    def _block(self, i: int, normed: tf.Tensor, attend: tf.Tensor, length: tf.Tensor,
                time_buckets: tf.Tensor, training: bool) -> tf.Tensor:
-        """One HSTU block's residual branch, ``[batch, L, d]``."""
+        """One HSTU block's residual branch, ``[batch, L, d]``, from ``LN(x)``."""
         heads, linear, attention = self.num_heads, self.linear_dim, self.attention_dim
-        batch = tf.shape(x)[0]
-        projected = tf.nn.silu(tf.einsum("bld,de->ble", self.input_norms[i](x), self.uvqk[i]))
+        batch = tf.shape(normed)[0]
+        projected = tf.nn.silu(tf.einsum("bld,de->ble", normed, self.uvqk[i]))
         u, v, q, k = tf.split(projected, [heads * linear, heads * linear,
                                           heads * attention, heads * attention], axis=-1)
 
@@ -248,4 +266,4 @@ class HSTUEncoder(tf.keras.layers.Layer):
                 "num_blocks": self.num_blocks, "num_heads": self.num_heads,
                 "linear_dim": self.linear_dim, "attention_dim": self.attention_dim,
                 "dropout": self.dropout, "attention_normalization": self.attention_normalization,
-                "num_time_buckets": self.num_time_buckets}
+                "num_time_buckets": self.num_time_buckets, "residual": self.residual}

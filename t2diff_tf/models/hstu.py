@@ -36,7 +36,8 @@ import dataclasses
 import tensorflow as tf
 
 from t2diff_tf import features as F
-from t2diff_tf.layers.hstu import MAX_LENGTH, HSTUEncoder, check_attention_normalization
+from t2diff_tf.layers.hstu import (INPUT, MAX_LENGTH, HSTUEncoder,
+                                   check_attention_normalization, check_residual)
 from t2diff_tf.layers.next_item_loss import NextItemLossConfig
 from t2diff_tf.models.base import Features
 from t2diff_tf.models.config import DictConfig
@@ -60,6 +61,9 @@ class HSTUConfig(DictConfig):
       time_bias: add the bias of the bucketed gap between each query's next behaviour and
         each key (both references have it; it reads ``history_timestamps`` and
         ``history_time_lag``).
+      residual: what each block's branch is added to, ``"input"`` (the reference's) or
+        ``"normalized_input"`` (the TensorFlow reimplementation's); see
+        :mod:`t2diff_tf.layers.hstu`.
       all_positions: train on every position's next item (else only on the window's target).
       loss: the per-position loss (full softmax, sampled softmax or gBCE).
       temperature: training logits (cosines) are divided by it; rankings do not depend on it.
@@ -77,6 +81,7 @@ class HSTUConfig(DictConfig):
     dropout: float = 0.2
     attention_normalization: str = MAX_LENGTH
     time_bias: bool = False
+    residual: str = INPUT
     all_positions: bool = True
     loss: NextItemLossConfig = NextItemLossConfig()
     temperature: float = 0.05
@@ -91,6 +96,7 @@ class HSTUConfig(DictConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_attention_normalization(self.attention_normalization)
+        check_residual(self.residual)
 
 
 def next_behaviour_time_buckets(features: Features, num_buckets: int) -> tf.Tensor:
@@ -128,7 +134,7 @@ class HSTU(NextItemModel):
                                    config.num_heads, config.linear_dim, config.attention_dim,
                                    config.dropout, config.attention_normalization,
                                    self.example_spec.num_time_lag_buckets if config.time_bias
-                                   else 0, name="encoder")
+                                   else 0, config.residual, name="encoder")
 
     def encode(self, vectors, mask, training):
         if self.config.time_bias:

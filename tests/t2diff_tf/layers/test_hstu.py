@@ -64,16 +64,18 @@ def test_bias_tables_get_dense_gradients(layer, argument):
     assert not isinstance(gradient, tf.IndexedSlices)
 
 
-@pytest.mark.parametrize("normalization, time_buckets", [
-    ("max_length", 0), ("visible_keys", 0), ("max_length", 6)])
-def test_one_block_matches_its_closed_form(normalization, time_buckets):
+@pytest.mark.parametrize("normalization, time_buckets, residual", [
+    ("max_length", 0, "input"), ("visible_keys", 0, "input"), ("max_length", 6, "input"),
+    ("max_length", 0, "normalized_input")])
+def test_one_block_matches_its_closed_form(normalization, time_buckets, residual):
     """One block, two heads, all valid: the numpy formula of the module docstring; query ``i``
-    sees ``i + 1`` behaviours; the time bias adds ``w_time[bucket[b, i, j]]``."""
+    sees ``i + 1`` behaviours; the time bias adds ``w_time[bucket[b, i, j]]``; the branch is
+    added to ``x`` or to ``LN(x)``."""
     tf.keras.utils.set_random_seed(0)
     length, dim, heads, lin, att, max_length = 5, 6, 2, 3, 2, 9
     layer = HSTUEncoder(max_length, num_blocks=1, num_heads=heads, linear_dim=lin,
                         attention_dim=att, dropout=0.0, attention_normalization=normalization,
-                        num_time_buckets=time_buckets)
+                        num_time_buckets=time_buckets, residual=residual)
     rng = np.random.default_rng(0)
     x = rng.normal(size=[2, length, dim]).astype(np.float32)
     mask = np.ones([2, length], bool)
@@ -102,7 +104,8 @@ def test_one_block_matches_its_closed_form(normalization, time_buckets):
         a = _silu(qh @ kh.transpose(0, 2, 1) + bias) / divisor * causal
         mixed[..., head * lin:(head + 1) * lin] = a @ v[..., head * lin:(head + 1) * lin]
     kernel, offset = (t.numpy() for t in layer.projections[0].weights)
-    expected = h + (u * _layer_norm(mixed)) @ kernel + offset
+    base = h if residual == "input" else _layer_norm(h)
+    expected = base + (u * _layer_norm(mixed)) @ kernel + offset
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -166,8 +169,15 @@ def test_trimmed_left_padding_gives_the_same_outputs(normalization):
 
 def test_config_round_trip():
     layer = HSTUEncoder(max_length=7, num_blocks=3, num_heads=2, linear_dim=5, attention_dim=3,
-                        dropout=0.1, attention_normalization="visible_keys", num_time_buckets=4)
+                        dropout=0.1, attention_normalization="visible_keys", num_time_buckets=4,
+                        residual="normalized_input")
     clone = HSTUEncoder.from_config(layer.get_config())
     assert (clone.max_length, clone.num_blocks, clone.num_heads, clone.linear_dim,
             clone.attention_dim, clone.dropout, clone.attention_normalization,
-            clone.num_time_buckets) == (7, 3, 2, 5, 3, 0.1, "visible_keys", 4)
+            clone.num_time_buckets, clone.residual) == (7, 3, 2, 5, 3, 0.1, "visible_keys", 4,
+                                                        "normalized_input")
+
+
+def test_residual_must_be_known():
+    with pytest.raises(ValueError, match="residual must be one of"):
+        HSTUEncoder(max_length=7, residual="output")

@@ -61,6 +61,10 @@ def test_the_time_bias_reads_the_timestamps():
         assert np.allclose(base, moved, atol=1e-6) != time_bias
 
 
-def test_config_checks_the_normalization():
+def test_config_checks_the_normalization_and_the_residual():
     with pytest.raises(ValueError, match="attention_normalization"):
         HSTUConfig(attention_normalization="softmax")
+    with pytest.raises(ValueError, match="residual"):
+        HSTUConfig(residual="normalised_input")
+    assert HSTU(HSTUConfig(residual="normalized_input"), num_items=5).encoder.residual == (
+        "normalized_input")

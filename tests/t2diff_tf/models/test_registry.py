@@ -34,7 +34,8 @@ CONFIGS = {
     "mamba4rec": {"embedding_dim": 8, "state_dim": 4},
     # The richest configuration: the time bias reads history_timestamps and history_time_lag.
     "hstu": {"embedding_dim": 8, "num_blocks": 2, "linear_dim": 4, "attention_dim": 4,
-             "time_bias": True, "attention_normalization": "visible_keys"},
+             "time_bias": True, "attention_normalization": "visible_keys",
+             "residual": "normalized_input"},
     "contrast_vae": {"embedding_dim": 8},
     "stosa": {"embedding_dim": 8},
 }
