@@ -52,6 +52,8 @@ class TrainConfig:
       epochs: maximum passes over the training windows.
       batch_size: global batch size (split across replicas).
       learning_rate: Adam's (base) learning rate.
+      adam_beta_2: Adam's second-moment decay (0.999, Keras's; both HSTU references use 0.98,
+        which forgets old gradient scales faster).
       learning_rate_schedule: how the rate moves over epochs (``learning_rate.py``; default
         constant).
       shuffle_buffer: examples in the shuffle buffer.
@@ -88,6 +90,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 256
     learning_rate: float = 1e-3
+    adam_beta_2: float = 0.999
     learning_rate_schedule: LearningRateSchedule = LearningRateSchedule()
     shuffle_buffer: int = 100_000
     early_stopping_patience: int = 2
@@ -105,6 +108,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and learning_rate > 0")
+        if not 0.0 < self.adam_beta_2 < 1.0:
+            raise ValueError(f"adam_beta_2 must be in (0, 1), got {self.adam_beta_2}")
         if self.length_buckets < 1:
             raise ValueError(f"length_buckets must be >= 1, got {self.length_buckets}")
         if self.positions_per_batch is not None and self.positions_per_batch < 1:
@@ -497,7 +502,8 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build()
-        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate,
+                                                         beta_2=config.adam_beta_2))
     # First, so that the epoch's logs (and the selection state) record the rate it used.
     all_callbacks = [EpochLearningRate(config.learning_rate_schedule, config.learning_rate,
                                        config.epochs)]

@@ -217,6 +217,20 @@ def test_train_config_needs_at_least_one_length_bucket():
         TrainConfig(positions_per_batch=0)
 
 
+def test_adam_beta_2_reaches_the_optimizer_and_is_checked():
+    data = synthetic_arrays(DATA)
+    config = TrainConfig.from_dict({"epochs": 1, "batch_size": 64, "steps_per_epoch": 1,
+                                    "verbose": 0, "adam_beta_2": 0.98})
+    model, _ = fit(lambda: build_model("mean_pool_two_tower", {"embedding_dim": 8},
+                                       num_items=data.num_items),
+                   arrays_dataset(data.splits["train"], 64), None, config)
+    assert model.optimizer.get_config()["beta_2"] == pytest.approx(0.98)
+    assert TrainConfig().adam_beta_2 == 0.999
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="adam_beta_2"):
+            TrainConfig(adam_beta_2=bad)
+
+
 def test_sasrec_learns_from_sequence_chunks():
     # Many clusters and a flat popularity: the next item is predictable from the sequence only.
     log = SyntheticConfig(num_users=400, num_items=300, num_clusters=30, zipf_exponent=0.3)
