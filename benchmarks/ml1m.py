@@ -318,7 +318,10 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
     start = time.perf_counter()
     # Arrays, not a dataset: a sequence model ranks them in order of history length, its
     # batches trimmed of shared left padding (``M.evaluate``).
-    # Without a validation split (leave-last-out), ``epochs`` epochs and the last weights.
+    if "validation" not in data:
+        print(f"{spec['label']} seed {seed}: no validation split; training "
+              f"{train_config.epochs} epochs and keeping the last weights (choose the count "
+              f"on a leave_one_out run)", flush=True)
     model, history = fit(build, train, data.get("validation"), train_config)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()

@@ -263,7 +263,8 @@ def test_a_work_dir_cached_under_an_older_window_contract_is_preprocessed_again(
     assert build() == root and os.path.exists(marker)  # today's contract: reused
 
 
-def test_leave_last_out_trains_a_fixed_number_of_epochs_through_the_validation_item(tmp_path):
+def test_leave_last_out_trains_a_fixed_number_of_epochs_through_the_validation_item(tmp_path,
+                                                                                   capsys):
     """The HSTU papers' split end to end: the second to last item of each user is a training
     label, no validation split is read, the run trains exactly ``--epochs`` epochs with no
     selection, and the test windows are leave-one-out's."""
@@ -285,6 +286,8 @@ def test_leave_last_out_trains_a_fixed_number_of_epochs_through_the_validation_i
               "--runs", str(runs), "--batch-size", "8", "--verbose", "0"]
     harness.main(common + ["--work-dir", str(tmp_path / "work"), "--protocol", "leave_last_out",
                            "--epochs", "2", "--output", output])
+    assert "no validation split; training 2 epochs and keeping the last weights" in (
+        capsys.readouterr().out)
     report = json.load(open(output + ".json"))
     [run] = report["protocols"]["leave_last_out"]["results"]
     assert run["epochs_run"] == 2 and run["best_epoch"] is None and run["selection"] is None
