@@ -8,7 +8,9 @@ and seed the model trains on the training windows, the epoch is selected on the 
 (``val_recall@20``, early stopping), and the test split is ranked once over the whole corpus
 twice with bootstrap 95% intervals over users: every item ranked (seen items included), and
 with the items the user has already seen removed (their whole history, as SASRec+, gSASRec and
-HSTU-Tensorflow evaluate; ``metrics_seen_excluded``).
+HSTU-Tensorflow evaluate; ``metrics_seen_excluded``), and a third time with only the items of
+the model's input window removed (the last ``--history-length``, as generative-recommenders
+evaluates HSTU-large; ``metrics_window_seen_excluded``).
 
 ``--protocol leave_last_out`` is the HSTU papers' split (generative-recommenders and
 HSTU-Tensorflow train on every item but the last): the second to last item is a training label
@@ -328,6 +330,11 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
     result = M.evaluate(model, data["test"], ks=(2, 10, 20, 100), num_bootstrap=1000, seed=seed)
     excluded = M.evaluate(model, data["test"], ks=(2, 10, 20, 100), num_bootstrap=1000,
                           seed=seed, exclude_history=True)
+    # generative-recommenders (HSTU-large) drops only the items of the model's input window,
+    # the last L; without ``seen_items`` the ranking drops the window's history.
+    window_only = {k: v for k, v in data["test"].items() if k != F.SEEN_ITEMS}
+    window_excluded = M.evaluate(model, window_only, ks=(2, 10, 20, 100), num_bootstrap=1000,
+                                 seed=seed, exclude_history=True)
     eval_seconds = time.perf_counter() - start
     validation = history.get(f"val_{train_config.selection_metric}", [])
     return {
@@ -337,6 +344,9 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
         "intervals": {k: list(v) for k, v in result.intervals.items()},
         "metrics_seen_excluded": excluded.metrics,
         "intervals_seen_excluded": {k: list(v) for k, v in excluded.intervals.items()},
+        "metrics_window_seen_excluded": window_excluded.metrics,
+        "intervals_window_seen_excluded": {k: list(v)
+                                           for k, v in window_excluded.intervals.items()},
         "selection": {"metric": train_config.selection_metric,
                       "seen_excluded": train_config.exclude_seen}
         if "validation" in data else None,
@@ -358,6 +368,7 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
         # Per-user test ranks, for paired comparisons between runs (benchmarks/compare.py).
         "test_ranks": result.ranks.astype(int).tolist(),
         "test_ranks_seen_excluded": excluded.ranks.astype(int).tolist(),
+        "test_ranks_window_seen_excluded": window_excluded.ranks.astype(int).tolist(),
         "test_users": None if result.groups is None else [
             u.decode() if isinstance(u, bytes) else str(u) for u in result.groups],
     }

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 from components.preprocessing import readers
@@ -90,6 +91,8 @@ def test_run_records_metrics_intervals_cost_and_reverse_steps(results_path):
             assert value >= r["metrics"][name] - 1e-9
             low, high = r["intervals_seen_excluded"][name]
             assert low <= value <= high
+        # Without seen_items (not attached here) the whole history falls back to the window.
+        assert r["metrics_window_seen_excluded"] == r["metrics_seen_excluded"]
     assert sasrec["train"]["length_buckets"] == 4 and sasrec["layout"] == "sequences"
     assert sasrec["train"]["positions_per_batch"] == 256
     curve = sasrec["time_to_quality"]
@@ -292,6 +295,11 @@ def test_leave_last_out_trains_a_fixed_number_of_epochs_through_the_validation_i
     [run] = report["protocols"]["leave_last_out"]["results"]
     assert run["epochs_run"] == 2 and run["best_epoch"] is None and run["selection"] is None
     assert run["num_test_examples"] == len(users)
+    # Dropping the whole history drops a superset of the window's items, which drops a
+    # superset of nothing: each user's rank can only improve along that order.
+    ranked, window, whole = (np.asarray(run[k]) for k in (
+        "test_ranks", "test_ranks_window_seen_excluded", "test_ranks_seen_excluded"))
+    assert (whole <= window).all() and (window <= ranked).all()
     root = report["protocols"]["leave_last_out"]["data"]
     lookup = harness.Vocabulary.read(root).lookup()
     chunks = harness.load_sequences(root, SequenceSpec(6))
