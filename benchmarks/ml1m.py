@@ -337,6 +337,9 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
                                  seed=seed, exclude_history=True)
     eval_seconds = time.perf_counter() - start
     validation = history.get(f"val_{train_config.selection_metric}", [])
+    # Without validation a run always trains all its epochs; after a resume Keras's history
+    # holds only the epochs of this process (the selection state keeps them all otherwise).
+    epochs_run = len(history.get("loss", [])) if "validation" in data else train_config.epochs
     return {
         "label": spec["label"], "model": spec["model"], "seed": seed, "layout": layout,
         "config": dataclasses.asdict(config), "train": dataclasses.asdict(train_config),
@@ -357,7 +360,7 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
             **{name: history[name] for name in ("val_recall@10", "val_ndcg@10",
                                                  "val_recall@20") if name in history}},
         "num_test_examples": result.num_examples, "num_items": result.num_items,
-        "parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)), "epochs_run": len(history.get("loss", [])),
+        "parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)), "epochs_run": epochs_run,
         "best_epoch": int(np.argmax(validation)) + 1 if validation else None,
         "validation_curve": [float(v) for v in validation],
         "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),

@@ -287,10 +287,16 @@ def test_leave_last_out_trains_a_fixed_number_of_epochs_through_the_validation_i
     output = str(tmp_path / "results" / "leave_last_out")
     common = ["--data-dir", str(data_dir), "--layout", "sequences", "--history-length", "6",
               "--runs", str(runs), "--batch-size", "8", "--verbose", "0"]
-    harness.main(common + ["--work-dir", str(tmp_path / "work"), "--protocol", "leave_last_out",
-                           "--epochs", "2", "--output", output])
-    assert "no validation split; training 2 epochs and keeping the last weights" in (
-        capsys.readouterr().out)
+    # One epoch, then the same run asked for two: it resumes from its checkpoint, and the
+    # record counts both epochs, not only the one this process trained.
+    for epochs in ("1", "2"):
+        harness.main(common + ["--work-dir", str(tmp_path / "work"), "--protocol",
+                               "leave_last_out", "--epochs", epochs, "--output", output,
+                               "--checkpoint-dir", str(tmp_path / "checkpoints"),
+                               "--verbose", "2"])  # Keras prints each epoch it trains
+    printed = capsys.readouterr().out
+    assert "no validation split; training 2 epochs and keeping the last weights" in printed
+    assert "Epoch 2/2" in printed and "Epoch 1/2" not in printed  # resumed, not retrained
     report = json.load(open(output + ".json"))
     [run] = report["protocols"]["leave_last_out"]["results"]
     assert run["epochs_run"] == 2 and run["best_epoch"] is None and run["selection"] is None
