@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from components.preprocessing import readers  # noqa: E402
-from components.preprocessing.config import LEAVE_LAST_OUT, LEAVE_ONE_OUT, TRAIN_SEQUENCES, USER_HOLDOUT, ProtocolConfig, WindowConfig  # noqa: E402
+from components.preprocessing.config import LEAVE_ONE_OUT, PROTOCOLS, TRAIN_SEQUENCES, USER_HOLDOUT, ProtocolConfig, WindowConfig  # noqa: E402
 import shutil  # noqa: E402
 
 from components.preprocessing.schema import read_schema  # noqa: E402
@@ -423,7 +423,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--data-dir", default="../shared/data/ml-1m")
     parser.add_argument("--work-dir", default="outputs/benchmarks")
     parser.add_argument("--protocol", nargs="+", default=[LEAVE_ONE_OUT, USER_HOLDOUT],
-                        choices=[LEAVE_ONE_OUT, USER_HOLDOUT, LEAVE_LAST_OUT])
+                        choices=PROTOCOLS)
     parser.add_argument("--preset", default="table2", choices=sorted(PRESETS))
     parser.add_argument("--only", nargs="*", default=None, help="labels of the preset to run")
     parser.add_argument("--runs", default=None, help="JSON file with a list of run specs "
