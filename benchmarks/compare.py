@@ -1,7 +1,7 @@
 """Paired comparison of two runs of ``benchmarks/ml1m.py`` on the same test users.
 
     python benchmarks/compare.py RESULTS_A.json "LABEL A" RESULTS_B.json "LABEL B" \
-        [--seed 0] [--seed-b 1] [--seen-excluded]
+        [--seed 0] [--seed-b 1] [--seen-filter none|history|window]
 
 Aligns the two runs' per-user test ranks by ``user_id`` and prints, for each metric, the
 difference ``A - B`` with a paired percentile bootstrap interval over users (one draw of users
@@ -10,8 +10,10 @@ overlap can still differ beyond noise; an interval of the difference above 0 say
 that level. Runs written before the harness
 recorded ``test_ranks`` cannot be compared: run them again. The interval covers the test users'
 sampling only, not training noise: compare runs of several seeds (``--seed``, ``--seed-b``) to
-see that. ``--seen-excluded`` compares the ranks with each user's seen items dropped from the
-ranking (``test_ranks_seen_excluded``, recorded by runs on the sequence layout).
+see that. ``--seen-filter history`` (or ``--seen-excluded``) compares the ranks with each user's
+whole seen history dropped from the ranking (``test_ranks_seen_excluded``, recorded by runs on
+the sequence layout); ``--seen-filter window`` drops only the items of the test window's input
+(``test_ranks_window_seen_excluded``), which is generative-recommenders' filter.
 ``--users 1-2999`` compares on the users whose numeric id lies in that range only.
 
 Several seeds a side: ``RESULTS_A`` (and ``RESULTS_B``) may list files separated by commas and
@@ -41,11 +43,19 @@ from t2diff_tf.metrics import bootstrap_interval, paired_difference, ranking_met
 
 METRICS = ("recall@10", "recall@20", "mrr@20", "ndcg@10")
 
+# Which seen items each run's ranking dropped: the results field holding those ranks, and how
+# the printed table names the evaluation.
+SEEN_FILTERS = {
+    "none": ("test_ranks", "seen items ranked"),
+    "history": ("test_ranks_seen_excluded", "the whole seen history excluded"),
+    "window": ("test_ranks_window_seen_excluded", "the test window's seen items excluded"),
+}
+
 
 def find_run(path: str, label: str, protocol: Optional[str] = None, seed: int = 0,
              ranks: str = "test_ranks") -> dict:
     """The run called ``label`` (and ``seed``) in a results file, with its protocol; its
-    ``ranks`` field (``test_ranks`` or ``test_ranks_seen_excluded``) becomes ``test_ranks``."""
+    ``ranks`` field (one of ``SEEN_FILTERS``' fields) becomes ``test_ranks``."""
     with open(path) as f:
         report = json.load(f)
     found = [dict(r, protocol=name) for name, block in report["protocols"].items()
@@ -159,12 +169,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
     parser.add_argument("--seed-b", default=None,
                         help="run B's training seed(s), when they differ from A's (--seed)")
     parser.add_argument("--num-resamples", type=int, default=1000)
+    parser.add_argument("--seen-filter", choices=sorted(SEEN_FILTERS), default=None,
+                        help="which seen items the compared rankings dropped: none (the "
+                             "default), the user's whole history, or the test window's input")
     parser.add_argument("--seen-excluded", action="store_true",
-                        help="compare the rankings with each user's seen items excluded")
+                        help="the same as --seen-filter history")
     parser.add_argument("--users", type=user_range, default=None, metavar="LOW-HIGH",
                         help="only the users whose numeric id is in this range")
     args = parser.parse_args(argv)
-    ranks = "test_ranks_seen_excluded" if args.seen_excluded else "test_ranks"
+    if args.seen_excluded and args.seen_filter not in (None, "history"):
+        parser.error(f"--seen-excluded is --seen-filter history, not {args.seen_filter}")
+    seen_filter = "history" if args.seen_excluded else (args.seen_filter or "none")
+    ranks, evaluation = SEEN_FILTERS[seen_filter]
     a = _runs(args.results_a, args.label_a, args.protocol, args.seed, ranks)
     b = _runs(args.results_b, args.label_b, args.protocol,
               args.seed if args.seed_b is None else args.seed_b, ranks)
@@ -175,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
     print(f"A = {args.label_a} ({args.results_a}), B = {args.label_b} ({args.results_b}), "
           f"{result['num_examples']} shared test examples; paired 95% bootstrap over users"
           + seeds
-          + ("; seen items excluded" if args.seen_excluded else "; seen items ranked")
+          + f"; {evaluation}"
           + (f"; users {args.users[0]}-{args.users[1]}" if args.users else ""))
     print("| metric | A | B | A - B [95% CI] | A per run | B per run |\n|---|---|---|---|---|---|")
     for name in METRICS:

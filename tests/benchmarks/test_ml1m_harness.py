@@ -144,11 +144,11 @@ def test_paired_comparison_averages_several_seeds_per_user(results_path, tmp_pat
     compare = load_script("compare")
     with open(results_path) as f:
         two_tower, t2diff, _ = json.load(f)["protocols"]["leave_one_out"]["results"]
-    # Seed 1 ranks every target first: each user's seed-averaged recall is the mean of the two.
+    # Seed 1 ranks every target first (rank 1): each user's seed-averaged recall is the mean of the two.
     perfect = str(tmp_path / "perfect.json")
     with open(perfect, "w") as f:
         json.dump({"protocols": {"leave_one_out": {"results": [
-            dict(t2diff, seed=1, test_ranks=[0] * len(t2diff["test_ranks"]))]}}}, f)
+            dict(t2diff, seed=1, test_ranks=[1] * len(t2diff["test_ranks"]))]}}}, f)
     result = compare.main([f"{results_path},{perfect}", "T2Diff, T = 10", results_path,
                            "Two-tower (mean pool)", "--seed", "0,1", "--seed-b", "0"])
     assert result["num_runs"] == [2, 1]
@@ -185,6 +185,31 @@ def test_paired_comparison_with_seen_items_excluded(results_path):
     assert subset["num_examples"] == sum(low <= u <= high for u in users) == 30
     with pytest.raises(SystemExit):
         compare.main([results_path, "SASRec", results_path, "SASRec", "--users", "9-1"])
+
+
+def test_paired_comparison_picks_the_seen_filter(results_path, tmp_path, capsys):
+    compare = load_script("compare")
+    with open(results_path) as f:
+        _, _, sasrec = json.load(f)["protocols"]["leave_one_out"]["results"]
+    # A copy whose window-filtered ranks put every target first: only --seen-filter window
+    # reads them, so its recall is 1 while the other two filters give the run's own figures.
+    window_first = str(tmp_path / "window_first.json")
+    with open(window_first, "w") as f:
+        json.dump({"protocols": {"leave_one_out": {"results": [dict(
+            sasrec, test_ranks_window_seen_excluded=[1] * len(sasrec["test_ranks"]))]}}}, f)
+    runs = [window_first, "SASRec", results_path, "SASRec"]
+    window = compare.main(runs + ["--seen-filter", "window"])
+    assert window["recall@10"]["a"] == 1.0
+    assert window["recall@10"]["b"] == pytest.approx(
+        sasrec["metrics_window_seen_excluded"]["recall@10"])
+    assert "the test window's seen items excluded" in capsys.readouterr().out
+    history = compare.main(runs + ["--seen-filter", "history"])
+    assert history == compare.main(runs + ["--seen-excluded"])
+    assert history["recall@10"]["a"] == pytest.approx(sasrec["metrics_seen_excluded"]["recall@10"])
+    ranked = compare.main(runs + ["--seen-filter", "none"])
+    assert ranked["recall@10"]["a"] == pytest.approx(sasrec["metrics"]["recall@10"])
+    with pytest.raises(SystemExit):
+        compare.main(runs + ["--seen-excluded", "--seen-filter", "window"])
 
 
 def test_ablation_notebook_executes_on_a_results_file(results_path, monkeypatch):
