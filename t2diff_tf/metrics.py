@@ -67,6 +67,8 @@ def target_ranks(scores: tf.Tensor, targets: tf.Tensor,
 def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> Dict[str, np.ndarray]:
     """Per-example ``recall@K``, ``mrr@K`` and ``ndcg@K`` from 1-based ranks ``[n]``."""
     ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size and not (ranks >= 1).all():
+        raise ValueError(f"ranks are 1-based; got a rank of {ranks.min():g}")
     out = {}
     for k in ks:
         hit = ranks <= k

@@ -52,6 +52,9 @@ def test_ranking_metrics_closed_forms():
     np.testing.assert_allclose(out["mrr@2"], [1, 0.5, 0, 0])
     np.testing.assert_allclose(out["mrr@10"], [1, 0.5, 0.2, 0])
     np.testing.assert_allclose(out["ndcg@10"], [1, 1 / np.log2(3), 1 / np.log2(6), 0])
+    # A 0-based rank would give an infinite reciprocal rank: refused by name instead.
+    with pytest.raises(ValueError, match="1-based"):
+        ranking_metrics(np.array([0, 3]))
 
 
 def test_bootstrap_interval_covers_the_mean_and_is_seeded():
