@@ -337,9 +337,8 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
                                  seed=seed, exclude_history=True)
     eval_seconds = time.perf_counter() - start
     validation = history.get(f"val_{train_config.selection_metric}", [])
-    # Without validation a run always trains all its epochs; after a resume Keras's history
-    # holds only the epochs of this process (the selection state keeps them all otherwise).
-    epochs_run = len(history.get("loss", [])) if "validation" in data else train_config.epochs
+    # ``fit``'s history holds every epoch of the run, those of killed processes included.
+    epochs_run = len(history.get("loss", []))
     return {
         "label": spec["label"], "model": spec["model"], "seed": seed, "layout": layout,
         "config": dataclasses.asdict(config), "train": dataclasses.asdict(train_config),
@@ -354,7 +353,8 @@ def run_one(spec: dict, seed: int, root: str, data: Dict[str, Dict[str, np.ndarr
                       "seen_excluded": train_config.exclude_seen}
         if "validation" in data else None,
         # Time to quality: the validation metrics after each epoch against the training wall
-        # seconds so far (validation passes excluded).
+        # seconds so far (validation passes excluded); a run without validation records the
+        # seconds alone.
         "time_to_quality": {
             "train_seconds": history.get("train_seconds", []),
             **{name: history[name] for name in ("val_recall@10", "val_ndcg@10",

@@ -18,9 +18,11 @@ per labelled position (``read_sequence_windows`` / ``sequence_windows_dataset``)
 from every training interaction too.
 
 With ``TrainConfig.checkpoint_dir`` training is resumable: the model and optimizer are
-checkpointed after every epoch (Keras ``BackupAndRestore``), and so are the selection state and
-the best weights; running the same command again continues after the last finished epoch, and a
-run that had finished only restores its selected weights.
+checkpointed after every epoch (Keras ``BackupAndRestore``), and so are every epoch's logs, the
+selection state and the best weights; running the same command again continues after the last
+finished epoch, and a run that had finished only restores its selected weights. The returned
+history covers every epoch of the run, including those of a killed process, with the training
+seconds so far (``train_seconds``) after each.
 """
 
 from __future__ import annotations
@@ -339,22 +341,17 @@ def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
 # Validation-based selection
 
 
-class ValidationRanking(tf.keras.callbacks.Callback):
-    """After each epoch, ranks the validation targets over the whole corpus and logs
-    ``val_<metric>`` (e.g. ``val_recall@20``) for selection and TensorBoard, with
-    ``train_seconds`` (training wall time so far, validation excluded): the time-to-quality
-    curve. Stops training once ``train_seconds`` reaches ``time_budget_seconds``."""
+class TrainingClock(tf.keras.callbacks.Callback):
+    """Logs ``train_seconds`` after each epoch: the training wall time so far, with the
+    validation passes of later callbacks excluded (it must come before them), resumed epochs
+    included when started from the last record's ``train_seconds``. With a run's validation
+    metrics it is the time-to-quality curve. Stops training once ``train_seconds`` reaches
+    ``time_budget_seconds``."""
 
-    def __init__(self, dataset, ks: Sequence[int], exclude_seen: bool = False,
-                 time_budget_seconds: Optional[float] = None):
+    def __init__(self, time_budget_seconds: Optional[float] = None, train_seconds: float = 0.0):
         super().__init__()
         self.time_budget_seconds = time_budget_seconds
-        self._dataset = dataset
-        self._ks = tuple(ks)
-        self._exclude_seen = exclude_seen
-        self._ranker = None
-        self.history: List[Dict[str, float]] = []
-        self.train_seconds = 0.0
+        self.train_seconds = float(train_seconds)
         self._epoch_start = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -363,17 +360,30 @@ class ValidationRanking(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._epoch_start is not None:
             self.train_seconds += time.perf_counter() - self._epoch_start
+        if logs is not None:
+            logs["train_seconds"] = round(self.train_seconds, 2)
+        if self.time_budget_seconds is not None and self.train_seconds >= self.time_budget_seconds:
+            self.model.stop_training = True
+
+
+class ValidationRanking(tf.keras.callbacks.Callback):
+    """After each epoch, ranks the validation targets over the whole corpus and logs
+    ``val_<metric>`` (e.g. ``val_recall@20``) for selection and TensorBoard."""
+
+    def __init__(self, dataset, ks: Sequence[int], exclude_seen: bool = False):
+        super().__init__()
+        self._dataset = dataset
+        self._ks = tuple(ks)
+        self._exclude_seen = exclude_seen
+        self._ranker = None
+
+    def on_epoch_end(self, epoch, logs=None):
         if self._ranker is None:  # one trace for the whole training, not one per epoch
             self._ranker = M.make_ranker(self.model, self._exclude_seen)
         result = M.evaluate(self.model, self._dataset, ks=self._ks, num_bootstrap=0,
                             exclude_history=self._exclude_seen, ranker=self._ranker)
-        values = {f"val_{k}": v for k, v in result.metrics.items()}
-        values["train_seconds"] = round(self.train_seconds, 2)
-        self.history.append(values)
         if logs is not None:
-            logs.update(values)
-        if self.time_budget_seconds is not None and self.train_seconds >= self.time_budget_seconds:
-            self.model.stop_training = True
+            logs.update({f"val_{k}": v for k, v in result.metrics.items()})
 
 
 class EpochStepCount(tf.keras.callbacks.Callback):
@@ -391,69 +401,55 @@ class EpochStepCount(tf.keras.callbacks.Callback):
         self.model._train_counter.assign(0)
 
 
+EPOCH_HISTORY_STATE = "epochs.json"
 SELECTION_STATE = "selection.json"
 BEST_WEIGHTS = "best"
 
 
-class ValidationSelection(tf.keras.callbacks.Callback):
-    """Early stopping on a validation metric that keeps the best weights, and that survives a
-    kill: with a ``directory`` its state (per-epoch logs, best epoch, patience left) and the
-    best weights are written after every epoch and read back when training starts again.
+class EpochHistory(tf.keras.callbacks.Callback):
+    """Every epoch's logs, kept across a kill: with a ``directory`` they are written after each
+    epoch and read back when training starts again, so that a resumed run reports all its
+    epochs (Keras's own history holds those of the current process only). A run without
+    validation keeps its last weights; :class:`ValidationSelection` adds the selection.
 
     Args:
-      monitor: the logged metric to maximise (e.g. ``"val_recall@20"``).
-      patience: epochs without improvement before stopping (0: never stop early).
       directory: where the state lives; ``None`` keeps it in memory only.
     """
 
-    def __init__(self, monitor: str, patience: int, directory: Optional[str] = None):
+    STATE_FILE = EPOCH_HISTORY_STATE
+
+    def __init__(self, directory: Optional[str] = None):
         super().__init__()
-        self.monitor = monitor
-        self.patience = int(patience)
         self.directory = directory
-        self.state = {"epochs": [], "best": None, "best_epoch": None, "wait": 0,
-                      "finished": False}
-        self._best_weights = None
-        if directory and tf.io.gfile.exists(os.path.join(directory, SELECTION_STATE)):
-            with tf.io.gfile.GFile(os.path.join(directory, SELECTION_STATE)) as f:
+        self.state = self.initial_state()
+        if directory and tf.io.gfile.exists(os.path.join(directory, self.STATE_FILE)):
+            with tf.io.gfile.GFile(os.path.join(directory, self.STATE_FILE)) as f:
                 self.state = json.load(f)
 
-    @property
-    def best_weights_path(self) -> Optional[str]:
-        return os.path.join(self.directory, BEST_WEIGHTS) if self.directory else None
+    def initial_state(self) -> dict:
+        return {"epochs": [], "finished": False}
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        record = {k: float(v) for k, v in logs.items() if np.isscalar(v)}
+        self.record(epoch, logs)
+        self._save()
+
+    def record(self, epoch: int, logs: Optional[dict]) -> dict:
+        """Appends epoch ``epoch``'s (0-based) scalar logs to the state and returns them."""
+        record = {k: float(v) for k, v in dict(logs or {}).items() if np.isscalar(v)}
         record["epoch"] = epoch + 1
         # An epoch trained again after a kill (its backup had not been written) replaces its
         # earlier record.
         self.state["epochs"] = [r for r in self.state["epochs"] if r["epoch"] <= epoch]
         self.state["epochs"].append(record)
-        value = record.get(self.monitor)
-        if value is not None and (self.state["best"] is None or value > self.state["best"]):
-            self.state.update(best=value, best_epoch=epoch + 1, wait=0)
-            self._best_weights = self.model.get_weights()
-            if self.directory:
-                self.model.save_weights(self.best_weights_path)
-        else:
-            self.state["wait"] += 1
-            if self.patience and self.state["wait"] >= self.patience:
-                self.model.stop_training = True
-                self.state["stopped_early"] = True
-        self._save()
+        return record
 
     def on_train_end(self, logs=None):
         self.state["finished"] = True
         self._save()
-        self.restore_best(self.model)
 
-    def restore_best(self, model) -> None:
-        """Loads the best weights into ``model`` (no-op before any epoch)."""
-        if self._best_weights is not None:
-            model.set_weights(self._best_weights)
-        elif self.directory and self.state["best_epoch"] is not None:
-            model.load_weights(self.best_weights_path)
+    def last_train_seconds(self) -> float:
+        """The training wall time recorded by the last epoch so far (0 before any)."""
+        return self.state["epochs"][-1].get("train_seconds", 0.0) if self.state["epochs"] else 0.0
 
     def history(self) -> Dict[str, List[float]]:
         """Keras-style ``{name: [value per epoch]}`` over every epoch, resumed ones included."""
@@ -467,10 +463,62 @@ class ValidationSelection(tf.keras.callbacks.Callback):
     def _save(self):
         if self.directory:
             tf.io.gfile.makedirs(self.directory)
-            path = os.path.join(self.directory, SELECTION_STATE)
+            path = os.path.join(self.directory, self.STATE_FILE)
             with tf.io.gfile.GFile(path + ".tmp", "w") as f:
                 json.dump(self.state, f)
             tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+class ValidationSelection(EpochHistory):
+    """Early stopping on a validation metric that keeps the best weights, and that survives a
+    kill: with a ``directory`` its state (per-epoch logs, best epoch, patience left) and the
+    best weights are written after every epoch and read back when training starts again.
+
+    Args:
+      monitor: the logged metric to maximise (e.g. ``"val_recall@20"``).
+      patience: epochs without improvement before stopping (0: never stop early).
+      directory: where the state lives; ``None`` keeps it in memory only.
+    """
+
+    STATE_FILE = SELECTION_STATE
+
+    def __init__(self, monitor: str, patience: int, directory: Optional[str] = None):
+        self.monitor = monitor
+        self.patience = int(patience)
+        super().__init__(directory)
+        self._best_weights = None
+
+    def initial_state(self) -> dict:
+        return {"epochs": [], "best": None, "best_epoch": None, "wait": 0, "finished": False}
+
+    @property
+    def best_weights_path(self) -> Optional[str]:
+        return os.path.join(self.directory, BEST_WEIGHTS) if self.directory else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = self.record(epoch, logs).get(self.monitor)
+        if value is not None and (self.state["best"] is None or value > self.state["best"]):
+            self.state.update(best=value, best_epoch=epoch + 1, wait=0)
+            self._best_weights = self.model.get_weights()
+            if self.directory:
+                self.model.save_weights(self.best_weights_path)
+        else:
+            self.state["wait"] += 1
+            if self.patience and self.state["wait"] >= self.patience:
+                self.model.stop_training = True
+                self.state["stopped_early"] = True
+        self._save()
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        self.restore_best(self.model)
+
+    def restore_best(self, model) -> None:
+        """Loads the best weights into ``model`` (no-op before any epoch)."""
+        if self._best_weights is not None:
+            model.set_weights(self._best_weights)
+        elif self.directory and self.state["best_epoch"] is not None:
+            model.load_weights(self.best_weights_path)
 
 
 def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
@@ -507,19 +555,23 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
     # First, so that the epoch's logs (and the selection state) record the rate it used.
     all_callbacks = [EpochLearningRate(config.learning_rate_schedule, config.learning_rate,
                                        config.epochs)]
-    selection = None
     directory = config.checkpoint_dir
+    # Each epoch's logs, kept across a kill: with validation, with the selection that reads them.
     if validation is not None:
-        monitor = f"val_{config.selection_metric}"
+        epochs = ValidationSelection(f"val_{config.selection_metric}",
+                                     config.early_stopping_patience,
+                                     os.path.join(directory, "selection") if directory else None)
+    else:
+        epochs = EpochHistory(os.path.join(directory, "epochs") if directory else None)
+    # Before validation, whose passes it leaves out; a resumed run's clock goes on from its
+    # last recorded epoch.
+    all_callbacks.append(TrainingClock(config.time_budget_seconds, epochs.last_train_seconds()))
+    if validation is not None:
         if isinstance(validation, tf.data.Dataset):
             validation = without_autotune(validation)
         all_callbacks.append(ValidationRanking(validation, sorted({config.selection_k, 10, 20}),
-                                               exclude_seen=config.exclude_seen,
-                                               time_budget_seconds=config.time_budget_seconds))
-        selection = ValidationSelection(monitor, config.early_stopping_patience,
-                                        os.path.join(directory, "selection") if directory
-                                        else None)
-        all_callbacks.append(selection)
+                                               exclude_seen=config.exclude_seen))
+    all_callbacks.append(epochs)
     # The caller's callbacks come after validation, so that their epoch-end logs hold val_*.
     all_callbacks += list(callbacks)
     if directory:
@@ -538,18 +590,12 @@ def fit(build: Callable[[], tf.keras.Model], train: tf.data.Dataset,
             for batch in _training_features(train).take(1):
                 model.query_embeddings(batch)
                 model.compute_loss(batch)
-    if selection is not None and selection.state["finished"] and (
-            selection.state.get("stopped_early")
-            or len(selection.state["epochs"]) >= config.epochs):
+    if isinstance(epochs, ValidationSelection) and epochs.state["finished"] and (
+            epochs.state.get("stopped_early") or len(epochs.state["epochs"]) >= config.epochs):
         # A finished run: nothing to train; restore the selected weights.
-        selection.restore_best(model)
-        return model, selection.history()
-    if selection is not None and selection.state["epochs"]:
-        previous = selection.state["epochs"][-1].get("train_seconds", 0.0)
-        for callback in all_callbacks:
-            if isinstance(callback, ValidationRanking):
-                callback.train_seconds = previous
-    history = model.fit(_training_features(train), epochs=config.epochs,
-                        steps_per_epoch=config.steps_per_epoch, callbacks=all_callbacks,
-                        verbose=config.verbose)
-    return model, selection.history() if selection is not None else history.history
+        epochs.restore_best(model)
+        return model, epochs.history()
+    model.fit(_training_features(train), epochs=config.epochs,
+              steps_per_epoch=config.steps_per_epoch, callbacks=all_callbacks,
+              verbose=config.verbose)
+    return model, epochs.history()

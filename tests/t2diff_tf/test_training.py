@@ -49,6 +49,11 @@ def test_a_time_budget_stops_after_the_epoch_that_reaches_it():
                      arrays_dataset(data.splits["train"], 64),
                      arrays_dataset(data.splits["validation"], 256), config)
     assert len(history["val_recall@20"]) == 1
+    # Without validation the budget stops training too, and the history still has the clock.
+    _, history = fit(lambda: build_model("mean_pool_two_tower", {"embedding_dim": 8},
+                                         num_items=data.num_items),
+                     arrays_dataset(data.splits["train"], 64), None, config)
+    assert len(history["loss"]) == len(history["train_seconds"]) == 1
 
 
 WORKER = textwrap.dedent("""
@@ -311,21 +316,24 @@ KILLED_RUN = textwrap.dedent("""
                                              num_items=data.num_items,
                                              example_spec=window.example),
                          sequence_arrays_dataset(data.splits["train_sequences"], 32, 0),
-                         arrays_dataset(data.splits["validation"], 256), config,
+                         arrays_dataset(data.splits["validation"], 256)
+                         if sys.argv[3] == "validation" else None, config,
                          callbacks=[KillAt()])
     print("RESULT " + json.dumps(history))
 """)
 
 
-def test_a_killed_run_resumes_after_its_last_epoch(tmp_path):
+@pytest.mark.parametrize("validation", ["validation", "none"])
+def test_a_killed_run_resumes_after_its_last_epoch(tmp_path, validation):
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     checkpoints = str(tmp_path / "checkpoints")
 
     def run(kill_at):
-        return subprocess.run([sys.executable, str(script), checkpoints, str(kill_at)], env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, str(script), checkpoints, str(kill_at),
+                               validation], env=env, capture_output=True, text=True,
+                              timeout=300)
 
     killed = run(2)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -343,14 +351,18 @@ def test_a_killed_run_resumes_after_its_last_epoch(tmp_path):
     steps_of_epoch_2 = str(int(started[1][2]) - steps_done)
     counts = re.findall(r"^(\d+)/(\d+) - ", resumed.stdout, re.MULTILINE)
     assert counts == [(steps_of_epoch_2, steps_of_epoch_2)] * 2, resumed.stdout[-2000:]
+    # The history covers the killed process's epochs too, and the clock goes on from them.
     history = _result(resumed.stdout)
-    assert len(history["val_recall@20"]) == 4 and len(history["loss"]) == 4
+    assert len(history["loss"]) == 4 and len(history["train_seconds"]) == 4
+    assert history["train_seconds"] == sorted(history["train_seconds"])
+    assert history["train_seconds"][0] > 0
+    assert len(history.get("val_recall@20", [])) == (4 if validation == "validation" else 0)
 
-    # A finished run is not trained again: it restores its selected weights.
+    # A finished run is not trained again: it restores its selected (or last) weights.
     again = run(-1)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "EPOCH" not in again.stdout
-    assert _result(again.stdout)["val_recall@20"] == history["val_recall@20"]
+    assert _result(again.stdout) == history
 
 
 def test_a_resumable_t2diff_exports_to_a_saved_model(tmp_path):
