@@ -20,6 +20,12 @@ user's engagement. ``attention_normalization`` chooses the divisor:
 
 Either way a batch trimmed of left padding gives the same outputs as the full-width one.
 
+Positions enter twice in the reference (generative-recommenders): a learned embedding added to
+the inputs, counted from the oldest behaviour (``position_origin="first"``), and the relative
+bias below. The TensorFlow reimplementation's ML-1M recipe has no relative position bias
+(``relative_position_bias=False``) and counts its embedding from the newest behaviour
+(``position_origin="last"``: its arrays are left-padded and indexed from 0).
+
 ``residual`` chooses what the branch is added to: ``"input"`` (the reference's, ``x``) or
 ``"normalized_input"`` (the TensorFlow reimplementation's, which normalises its queries in
 place and adds the branch to them: ``LN(x)``, the same ``LN`` the branch reads).
@@ -38,7 +44,8 @@ from typing import Any, Dict
 
 import tensorflow as tf
 
-from t2diff_tf.layers.causal_transformer import index_from_oldest
+from t2diff_tf.layers.causal_transformer import (POSITION_ORIGINS, POSITIONS_FROM_FIRST,
+                                                  POSITIONS_FROM_LAST, index_from_oldest)
 
 MAX_LENGTH = "max_length"
 VISIBLE_KEYS = "visible_keys"
@@ -53,6 +60,12 @@ def check_attention_normalization(value: str) -> None:
     if value not in ATTENTION_NORMALIZATIONS:
         raise ValueError(f"attention_normalization must be one of {ATTENTION_NORMALIZATIONS}, "
                          f"got {value!r}")
+
+
+def check_position_origin(value: str) -> None:
+    """Raises ``ValueError`` unless ``value`` is one of ``POSITION_ORIGINS``."""
+    if value not in POSITION_ORIGINS:
+        raise ValueError(f"position_origin must be one of {POSITION_ORIGINS}, got {value!r}")
 
 
 def check_residual(value: str) -> None:
@@ -145,7 +158,7 @@ class RelativeTimeBias(tf.keras.layers.Layer):
 
 @tf.keras.utils.register_keras_serializable(package="t2diff")
 class HSTUEncoder(tf.keras.layers.Layer):
-    """Learned positions (counted from the oldest behaviour), then HSTU blocks.
+    """Learned positions, then HSTU blocks.
 
     Args:
       max_length: the longest sequence; the attention's divisor and the tables' size.
@@ -159,6 +172,9 @@ class HSTUEncoder(tf.keras.layers.Layer):
       num_time_buckets: the time bias's buckets; 0: no time bias.
       residual: ``"input"`` or ``"normalized_input"``, what each block's branch is added to
         (module docstring).
+      position_origin: ``"first"`` (the oldest behaviour takes the first positional
+        embedding) or ``"last"`` (the newest takes the last one).
+      relative_position_bias: add each block's learned bias per offset ``j - i``.
 
     Call arguments:
       inputs: ``[batch, L, d]`` behaviour vectors, left-padded (oldest first), ``L <= max_length``.
@@ -174,12 +190,16 @@ class HSTUEncoder(tf.keras.layers.Layer):
     def __init__(self, max_length: int, num_blocks: int = 8, num_heads: int = 2,
                  linear_dim: int = 25, attention_dim: int = 25, dropout: float = 0.2,
                  attention_normalization: str = MAX_LENGTH, num_time_buckets: int = 0,
-                 residual: str = INPUT, **kwargs):
+                 residual: str = INPUT, position_origin: str = POSITIONS_FROM_FIRST,
+                 relative_position_bias: bool = True, **kwargs):
         super().__init__(**kwargs)
         check_attention_normalization(attention_normalization)
         check_residual(residual)
+        check_position_origin(position_origin)
         self.attention_normalization = attention_normalization
         self.residual = residual
+        self.position_origin = position_origin
+        self.relative_position_bias = bool(relative_position_bias)
         if num_time_buckets < 0:
             raise ValueError(f"num_time_buckets must be >= 0, got {num_time_buckets}")
         self.num_time_buckets = int(num_time_buckets)
@@ -201,7 +221,7 @@ class HSTUEncoder(tf.keras.layers.Layer):
             initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
             for i in range(self.num_blocks)]
         self.biases = [RelativePositionBias(self.max_length, name=f"relative_bias_{i}")
-                       for i in range(self.num_blocks)]
+                       for i in range(self.num_blocks if self.relative_position_bias else 0)]
         self.time_biases = [RelativeTimeBias(self.num_time_buckets, name=f"time_bias_{i}")
                             for i in range(self.num_blocks if self.num_time_buckets else 0)]
         self.input_norms = [tf.keras.layers.LayerNormalization(epsilon=1e-6)
@@ -222,7 +242,7 @@ class HSTUEncoder(tf.keras.layers.Layer):
         tf.debugging.assert_less_equal(length, self.max_length,
                                        message="sequence longer than max_length")
         keep = tf.cast(mask, inputs.dtype)[..., None]
-        x = (inputs + tf.gather(self.positions, index_from_oldest(mask))) * keep
+        x = (inputs + self.position_embeddings(mask, length)) * keep
         x = self.input_dropout(x, training=training)
         causal = tf.linalg.band_part(tf.ones([length, length], inputs.dtype), -1, 0)
         # [batch, 1, L, L]: 1 / divisor where query i may use key j (j <= i, j a behaviour),
@@ -238,6 +258,12 @@ class HSTUEncoder(tf.keras.layers.Layer):
             x = ((x if self.residual == INPUT else normed) + branch) * keep
         return x
 
+    def position_embeddings(self, mask: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+        """``[1 or batch, L, d]`` positional embeddings for a left-padded ``[batch, L]`` mask."""
+        if self.position_origin == POSITIONS_FROM_LAST:
+            return self.positions[None, -length:, :]
+        return tf.gather(self.positions, index_from_oldest(mask))
+
     def _block(self, i: int, normed: tf.Tensor, attend: tf.Tensor, length: tf.Tensor,
                time_buckets: tf.Tensor, training: bool) -> tf.Tensor:
         """One HSTU block's residual branch, ``[batch, L, d]``, from ``LN(x)``."""
@@ -251,7 +277,7 @@ class HSTUEncoder(tf.keras.layers.Layer):
             return tf.transpose(tf.reshape(t, [batch, length, heads, width]), [0, 2, 1, 3])
 
         scores = tf.einsum("bhid,bhjd->bhij", per_head(q, attention), per_head(k, attention))
-        bias = self.biases[i](length)[None, None]                          # [1, 1, L, L]
+        bias = self.biases[i](length)[None, None] if self.biases else 0.0  # [1, 1, L, L]
         if self.time_biases:
             bias += self.time_biases[i](time_buckets)[:, None]                 # [batch, 1, L, L]
         weights = tf.nn.silu(scores + bias)
@@ -266,4 +292,6 @@ class HSTUEncoder(tf.keras.layers.Layer):
                 "num_blocks": self.num_blocks, "num_heads": self.num_heads,
                 "linear_dim": self.linear_dim, "attention_dim": self.attention_dim,
                 "dropout": self.dropout, "attention_normalization": self.attention_normalization,
-                "num_time_buckets": self.num_time_buckets, "residual": self.residual}
+                "num_time_buckets": self.num_time_buckets, "residual": self.residual,
+                "position_origin": self.position_origin,
+                "relative_position_bias": self.relative_position_bias}

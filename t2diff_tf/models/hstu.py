@@ -8,9 +8,12 @@ the highest we know on ML-1M leave-one-out, seen items excluded.
 What is implemented (defaults: the reference's ML-1M "large" configuration):
 
 * Inputs: the shared item vectors times ``sqrt(d)`` plus learned positions counted from the
-  oldest behaviour, then dropout (the reference's positional input preprocessor).
+  oldest behaviour, then dropout (the reference's positional input preprocessor);
+  ``position_origin="last"`` counts them from the newest, as the TensorFlow reimplementation
+  does.
 * Encoder: :class:`~t2diff_tf.layers.hstu.HSTUEncoder` -- ``num_blocks`` HSTU blocks (SiLU
-  pointwise attention, a relative position bias, ``u``-gating), with ``time_bias`` also the
+  pointwise attention, a relative position bias unless ``relative_position_bias`` is off as in
+  the TensorFlow reimplementation's recipe, ``u``-gating), with ``time_bias`` also the
   reference's bias for the bucketed gap between each query's next behaviour and each key
   (:func:`next_behaviour_time_buckets`).
 * Scores: the L2-normalised last state against the L2-normalised item vectors of the same
@@ -36,8 +39,9 @@ import dataclasses
 import tensorflow as tf
 
 from t2diff_tf import features as F
-from t2diff_tf.layers.hstu import (INPUT, MAX_LENGTH, HSTUEncoder,
-                                   check_attention_normalization, check_residual)
+from t2diff_tf.layers.hstu import (INPUT, MAX_LENGTH, POSITIONS_FROM_FIRST, HSTUEncoder,
+                                   check_attention_normalization, check_position_origin,
+                                   check_residual)
 from t2diff_tf.layers.next_item_loss import NextItemLossConfig
 from t2diff_tf.models.base import Features
 from t2diff_tf.models.config import DictConfig
@@ -64,6 +68,11 @@ class HSTUConfig(DictConfig):
       residual: what each block's branch is added to, ``"input"`` (the reference's) or
         ``"normalized_input"`` (the TensorFlow reimplementation's); see
         :mod:`t2diff_tf.layers.hstu`.
+      position_origin: ``"first"`` (the reference's: the oldest behaviour takes the first
+        positional embedding) or ``"last"`` (the TensorFlow reimplementation's: the newest
+        takes the last).
+      relative_position_bias: each block's bias per offset ``j - i`` (the reference has it;
+        the TensorFlow reimplementation's ML-1M recipe does not).
       all_positions: train on every position's next item (else only on the window's target).
       loss: the per-position loss (full softmax, sampled softmax or gBCE).
       temperature: training logits (cosines) are divided by it; rankings do not depend on it.
@@ -82,6 +91,8 @@ class HSTUConfig(DictConfig):
     attention_normalization: str = MAX_LENGTH
     time_bias: bool = False
     residual: str = INPUT
+    position_origin: str = POSITIONS_FROM_FIRST
+    relative_position_bias: bool = True
     all_positions: bool = True
     loss: NextItemLossConfig = NextItemLossConfig()
     temperature: float = 0.05
@@ -97,6 +108,7 @@ class HSTUConfig(DictConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_attention_normalization(self.attention_normalization)
         check_residual(self.residual)
+        check_position_origin(self.position_origin)
 
 
 def next_behaviour_time_buckets(features: Features, num_buckets: int) -> tf.Tensor:
@@ -134,7 +146,8 @@ class HSTU(NextItemModel):
                                    config.num_heads, config.linear_dim, config.attention_dim,
                                    config.dropout, config.attention_normalization,
                                    self.example_spec.num_time_lag_buckets if config.time_bias
-                                   else 0, config.residual, name="encoder")
+                                   else 0, config.residual, config.position_origin,
+                                   config.relative_position_bias, name="encoder")
 
     def encode(self, vectors, mask, training):
         if self.config.time_bias:

@@ -64,18 +64,23 @@ def test_bias_tables_get_dense_gradients(layer, argument):
     assert not isinstance(gradient, tf.IndexedSlices)
 
 
-@pytest.mark.parametrize("normalization, time_buckets, residual", [
-    ("max_length", 0, "input"), ("visible_keys", 0, "input"), ("max_length", 6, "input"),
-    ("max_length", 0, "normalized_input")])
-def test_one_block_matches_its_closed_form(normalization, time_buckets, residual):
+@pytest.mark.parametrize("normalization, time_buckets, residual, origin, relative", [
+    ("max_length", 0, "input", "first", True), ("visible_keys", 0, "input", "first", True),
+    ("max_length", 6, "input", "first", True), ("max_length", 0, "normalized_input", "first", True),
+    # The TensorFlow reimplementation's recipe: time bias only, positions from the newest.
+    ("visible_keys", 6, "normalized_input", "last", False)])
+def test_one_block_matches_its_closed_form(normalization, time_buckets, residual, origin,
+                                           relative):
     """One block, two heads, all valid: the numpy formula of the module docstring; query ``i``
     sees ``i + 1`` behaviours; the time bias adds ``w_time[bucket[b, i, j]]``; the branch is
-    added to ``x`` or to ``LN(x)``."""
+    added to ``x`` or to ``LN(x)``; the positional embeddings are the table's first or last
+    ``L`` rows; without the relative bias only the time bias (if any) is added."""
     tf.keras.utils.set_random_seed(0)
     length, dim, heads, lin, att, max_length = 5, 6, 2, 3, 2, 9
     layer = HSTUEncoder(max_length, num_blocks=1, num_heads=heads, linear_dim=lin,
                         attention_dim=att, dropout=0.0, attention_normalization=normalization,
-                        num_time_buckets=time_buckets, residual=residual)
+                        num_time_buckets=time_buckets, residual=residual,
+                        position_origin=origin, relative_position_bias=relative)
     rng = np.random.default_rng(0)
     x = rng.normal(size=[2, length, dim]).astype(np.float32)
     mask = np.ones([2, length], bool)
@@ -83,12 +88,18 @@ def test_one_block_matches_its_closed_form(normalization, time_buckets, residual
     out = layer(tf.constant(x), mask=tf.constant(mask),
                 time_buckets=tf.constant(buckets) if time_buckets else None).numpy()
 
-    h = x + layer.positions.numpy()[:length]
+    positions = layer.positions.numpy()
+    h = x + (positions[:length] if origin == "first" else positions[-length:])
     uvqk = _silu(_layer_norm(h) @ layer.uvqk[0].numpy())
     u, v = uvqk[..., :heads * lin], uvqk[..., heads * lin:2 * heads * lin]
     q, k = uvqk[..., 2 * heads * lin:2 * heads * lin + heads * att], uvqk[..., -heads * att:]
-    w = layer.biases[0].offsets.numpy()
-    bias = np.array([[w[j - i + max_length - 1] for j in range(length)] for i in range(length)])
+    bias = np.zeros([length, length])
+    if relative:
+        w = layer.biases[0].offsets.numpy()
+        bias = np.array([[w[j - i + max_length - 1] for j in range(length)]
+                         for i in range(length)])
+    else:
+        assert not layer.biases
     if time_buckets:
         layer.time_biases[0].buckets.assign(rng.normal(size=[time_buckets]).astype(np.float32))
         out = layer(tf.constant(x), mask=tf.constant(mask), time_buckets=tf.constant(buckets))
@@ -154,12 +165,14 @@ def test_normalization_must_be_known():
         HSTUEncoder(max_length=9, attention_normalization="softmax")
 
 
-@pytest.mark.parametrize("normalization", ["max_length", "visible_keys"])
-def test_trimmed_left_padding_gives_the_same_outputs(normalization):
+@pytest.mark.parametrize("normalization, origin", [
+    ("max_length", "first"), ("visible_keys", "first"), ("visible_keys", "last")])
+def test_trimmed_left_padding_gives_the_same_outputs(normalization, origin):
     """Attention is divided by a count that padding does not change and biased by offsets
-    only, so dropping shared left padding changes nothing for the valid positions."""
+    only, and positions count from the oldest or the newest behaviour, so dropping shared left
+    padding changes nothing for the valid positions."""
     layer = HSTUEncoder(max_length=9, num_blocks=2, linear_dim=4, attention_dim=4, dropout=0.0,
-                        attention_normalization=normalization)
+                        attention_normalization=normalization, position_origin=origin)
     x, mask = sequences()
     full = layer(x, mask=mask).numpy()
     rows = [0, 2]  # both start with two padded positions
@@ -170,14 +183,43 @@ def test_trimmed_left_padding_gives_the_same_outputs(normalization):
 def test_config_round_trip():
     layer = HSTUEncoder(max_length=7, num_blocks=3, num_heads=2, linear_dim=5, attention_dim=3,
                         dropout=0.1, attention_normalization="visible_keys", num_time_buckets=4,
-                        residual="normalized_input")
+                        residual="normalized_input", position_origin="last",
+                        relative_position_bias=False)
     clone = HSTUEncoder.from_config(layer.get_config())
     assert (clone.max_length, clone.num_blocks, clone.num_heads, clone.linear_dim,
             clone.attention_dim, clone.dropout, clone.attention_normalization,
-            clone.num_time_buckets, clone.residual) == (7, 3, 2, 5, 3, 0.1, "visible_keys", 4,
-                                                        "normalized_input")
+            clone.num_time_buckets, clone.residual, clone.position_origin,
+            clone.relative_position_bias) == (7, 3, 2, 5, 3, 0.1, "visible_keys", 4,
+                                              "normalized_input", "last", False)
 
 
 def test_residual_must_be_known():
     with pytest.raises(ValueError, match="residual must be one of"):
         HSTUEncoder(max_length=7, residual="output")
+
+
+def test_position_origin_must_be_known():
+    with pytest.raises(ValueError, match="position_origin must be one of"):
+        HSTUEncoder(max_length=7, position_origin="middle")
+
+
+def test_without_the_relative_bias_the_offsets_play_no_part():
+    """The same weights with and without the relative bias differ exactly by that bias: with
+    its tables at zero the two encoders agree, and the encoder without it has none to train."""
+    x, mask = sequences()
+    kwargs = dict(max_length=9, num_blocks=2, linear_dim=4, attention_dim=4, dropout=0.0)
+    tf.keras.utils.set_random_seed(3)
+    plain = HSTUEncoder(relative_position_bias=False, **kwargs)
+    tf.keras.utils.set_random_seed(3)
+    biased = HSTUEncoder(**kwargs)
+    plain(x, mask=mask), biased(x, mask=mask)
+    assert not any("relative_bias" in v.name for v in plain.trainable_variables)
+    others = [v for v in biased.trainable_variables if "relative_bias" not in v.name]
+    assert len(others) == len(plain.trainable_variables)
+    for mine, theirs in zip(others, plain.trainable_variables):  # both in creation order
+        mine.assign(theirs)
+    for variable in biased.trainable_variables:
+        if "relative_bias" in variable.name:
+            variable.assign(tf.zeros_like(variable))
+    np.testing.assert_allclose(plain(x, mask=mask).numpy(), biased(x, mask=mask).numpy(),
+                               atol=1e-6)

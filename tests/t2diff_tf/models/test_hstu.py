@@ -61,10 +61,15 @@ def test_the_time_bias_reads_the_timestamps():
         assert np.allclose(base, moved, atol=1e-6) != time_bias
 
 
-def test_config_checks_the_normalization_and_the_residual():
+def test_config_checks_and_passes_the_encoder_options():
     with pytest.raises(ValueError, match="attention_normalization"):
         HSTUConfig(attention_normalization="softmax")
     with pytest.raises(ValueError, match="residual"):
         HSTUConfig(residual="normalised_input")
     assert HSTU(HSTUConfig(residual="normalized_input"), num_items=5).encoder.residual == (
         "normalized_input")
+    with pytest.raises(ValueError, match="position_origin"):
+        HSTUConfig(position_origin="newest")
+    encoder = HSTU(HSTUConfig(position_origin="last", relative_position_bias=False),
+                   num_items=5).encoder
+    assert (encoder.position_origin, encoder.relative_position_bias) == ("last", False)

@@ -32,10 +32,12 @@ CONFIGS = {
     "diffurec": {"embedding_dim": 8, "sampler": "deterministic"},
     "fit": {"embedding_dim": 8},
     "mamba4rec": {"embedding_dim": 8, "state_dim": 4},
-    # The richest configuration: the time bias reads history_timestamps and history_time_lag.
+    # The TensorFlow reimplementation's options, the furthest from the defaults: the time bias
+    # reads history_timestamps and history_time_lag; positions from the newest, no offsets.
     "hstu": {"embedding_dim": 8, "num_blocks": 2, "linear_dim": 4, "attention_dim": 4,
              "time_bias": True, "attention_normalization": "visible_keys",
-             "residual": "normalized_input"},
+             "residual": "normalized_input", "position_origin": "last",
+             "relative_position_bias": False},
     "contrast_vae": {"embedding_dim": 8},
     "stosa": {"embedding_dim": 8},
 }
