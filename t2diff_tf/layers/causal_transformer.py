@@ -22,6 +22,16 @@ def index_from_oldest(mask: tf.Tensor) -> tf.Tensor:
     return tf.maximum(tf.cumsum(tf.cast(mask, tf.int32), axis=1) - 1, 0)
 
 
+def learned_positions(table: tf.Tensor, mask: tf.Tensor, length: tf.Tensor,
+                      origin: str) -> tf.Tensor:
+    """``[1 or batch, L, d]`` rows of a ``[max_length, d]`` positional table for a left-padded
+    ``[batch, L]`` mask: the last ``L`` rows (``origin="last"``: the newest behaviour takes the
+    last row) or each behaviour's :func:`index_from_oldest` row (``"first"``)."""
+    if origin == POSITIONS_FROM_LAST:
+        return table[None, -length:, :]
+    return tf.gather(table, index_from_oldest(mask))
+
+
 @tf.keras.utils.register_keras_serializable(package="t2diff")
 class CausalTransformer(tf.keras.layers.Layer):
     """Transformer blocks where position ``t`` attends to positions ``<= t`` only.
@@ -126,9 +136,7 @@ class CausalTransformer(tf.keras.layers.Layer):
 
     def position_embeddings(self, mask: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
         """``[1 or batch, L, d]`` positional embeddings for a left-padded ``[batch, L]`` mask."""
-        if self.position_origin == POSITIONS_FROM_LAST:
-            return self.positions[None, -length:, :]
-        return tf.gather(self.positions, index_from_oldest(mask))
+        return learned_positions(self.positions, mask, length, self.position_origin)
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "max_length": self.max_length,

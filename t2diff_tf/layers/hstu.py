@@ -45,7 +45,7 @@ from typing import Any, Dict
 import tensorflow as tf
 
 from t2diff_tf.layers.causal_transformer import (POSITION_ORIGINS, POSITIONS_FROM_FIRST,
-                                                  POSITIONS_FROM_LAST, index_from_oldest)
+                                                  learned_positions)
 
 MAX_LENGTH = "max_length"
 VISIBLE_KEYS = "visible_keys"
@@ -260,9 +260,7 @@ class HSTUEncoder(tf.keras.layers.Layer):
 
     def position_embeddings(self, mask: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
         """``[1 or batch, L, d]`` positional embeddings for a left-padded ``[batch, L]`` mask."""
-        if self.position_origin == POSITIONS_FROM_LAST:
-            return self.positions[None, -length:, :]
-        return tf.gather(self.positions, index_from_oldest(mask))
+        return learned_positions(self.positions, mask, length, self.position_origin)
 
     def _block(self, i: int, normed: tf.Tensor, attend: tf.Tensor, length: tf.Tensor,
                time_buckets: tf.Tensor, training: bool) -> tf.Tensor:
