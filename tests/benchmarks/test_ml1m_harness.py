@@ -100,6 +100,23 @@ def test_run_records_metrics_intervals_cost_and_reverse_steps(results_path):
     assert curve["train_seconds"][0] < curve["train_seconds"][1]
 
 
+def test_a_resumed_run_reports_the_training_of_every_process(results_path):
+    """A run killed after its first epoch and resumed records only the resumed process's wall
+    time in ``train_seconds``; the table reports the training clock over every epoch."""
+    with open(results_path) as f:
+        sasrec = json.load(f)["protocols"]["leave_one_out"]["results"][2]
+    harness = load_script("ml1m")
+    resumed = dict(sasrec, train_seconds=2.3,
+                   time_to_quality=dict(sasrec["time_to_quality"], train_seconds=[941.9, 1880.4]))
+    assert harness.training_seconds(resumed) == 1880.4
+    row = next(line for line in harness.markdown([resumed], "leave_one_out").splitlines()
+               if line.startswith("| SASRec |"))
+    assert row.split(" | ")[8] == "1880"
+    # A record from before the training clock has only the process's wall time.
+    legacy = {k: v for k, v in sasrec.items() if k != "time_to_quality"}
+    assert harness.training_seconds(dict(legacy, train_seconds=12.5)) == 12.5
+
+
 def test_paired_comparison_of_two_runs(results_path, tmp_path, capsys):
     compare = load_script("compare")
     with open(results_path) as f:
